@@ -1,0 +1,394 @@
+/* emit.c - kernel families, variants and their generated CUDA source.
+ *
+ * A variant's source is a prelude of constants (the spec's numbers, flags
+ * and tunables) followed by the family's template, with common.cuh inlined
+ * and #line directives so NVRTC's messages point at template lines.  The
+ * output depends only on the variant: same spec, same bytes. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static const msa_family families[MSA_K_COUNT] = {
+	[MSA_K_DENSE_FWD] = {
+		"dense_fwd", "dense_fwd.cu", "msa_dense_fwd", 2,
+		{{"block_m", 64, 2, {64, 128}}, {"block_n", 64, 2, {32, 64}}},
+	},
+};
+
+const msa_family *msa_family_get(msa_kind kind)
+{
+	return (unsigned)kind < MSA_K_COUNT ? &families[kind] : NULL;
+}
+
+const msa_family *msa_family_find(const char *name)
+{
+	for (int i = 0; i < MSA_K_COUNT; i++)
+		if (strcmp(families[i].name, name) == 0)
+			return &families[i];
+	return NULL;
+}
+
+const msa_template *msa_template_find(const char *name)
+{
+	for (int i = 0; i < msa_ntemplates; i++)
+		if (strcmp(msa_templates[i].name, name) == 0)
+			return &msa_templates[i];
+	return NULL;
+}
+
+static int arch_number(const char *arch)
+{
+	int n = 0;
+	if (sscanf(arch, "sm_%d", &n) != 1)
+		return 0;
+	return n * 10;
+}
+
+/* Whether a family can serve a layer at all (dtype, head dim, arch). */
+static int family_supports(msa_kind kind, const msa_layer *l, char *why, size_t n)
+{
+	switch (kind) {
+	case MSA_K_DENSE_FWD:
+		if (l->dtype_q != l->dtype_kv || l->dtype_q == MSA_DT_FP8_E4M3) {
+			msa_fmt(why, n, "dense_fwd needs q and kv of one 16-bit type");
+			return 0;
+		}
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+int msa_layer_supports(const msa_layer *l, msa_kind kind)
+{
+	return family_supports(kind, l, NULL, 0);
+}
+
+/* Hand-rolled appends: this name is the in-memory cache key, built on
+ * every lookup, and snprintf alone would cost more than the lookup. */
+typedef struct nbuf {
+	char *p, *end;
+} nbuf;
+
+static void nb_str(nbuf *b, const char *s)
+{
+	while (*s && b->p < b->end)
+		*b->p++ = *s++;
+}
+
+static void nb_int(nbuf *b, int v)
+{
+	char tmp[12];
+	int n = 0;
+	unsigned u = v < 0 ? 0u - (unsigned)v : (unsigned)v;
+	do
+		tmp[n++] = (char)('0' + u % 10);
+	while ((u /= 10) && n < 11);
+	if (v < 0 && b->p < b->end)
+		*b->p++ = '-';
+	while (n && b->p < b->end)
+		*b->p++ = tmp[--n];
+}
+
+void msa_variant_name(const msa_variant *v, char *buf, size_t n)
+{
+	const msa_family *f = msa_family_get(v->kind);
+	const msa_layer *l = &v->layer;
+	nbuf b = {buf, buf + n - 1};
+
+	if (n == 0)
+		return;
+	nb_str(&b, f ? f->name : "?");
+	nb_str(&b, ".");
+	nb_str(&b, msa_dtype_name(l->dtype_q));
+	nb_str(&b, ".");
+	nb_str(&b, msa_dtype_name(l->dtype_out));
+	nb_str(&b, ".hq");
+	nb_int(&b, l->heads_q);
+	nb_str(&b, ".hkv");
+	nb_int(&b, l->heads_kv);
+	nb_str(&b, ".d");
+	nb_int(&b, l->head_dim);
+	nb_str(&b, v->causal ? ".causal" : ".full");
+	for (int i = 0; f && i < f->ntunables; i++) {
+		nb_str(&b, ".");
+		nb_str(&b, f->tunables[i].name);
+		nb_int(&b, v->tune[i]);
+	}
+	nb_str(&b, ".");
+	nb_str(&b, v->arch);
+	*b.p = '\0';
+}
+
+void msa_variant_default(msa_variant *v, msa_kind kind, const msa_layer *layer,
+			 const char *arch, int causal)
+{
+	const msa_family *f = msa_family_get(kind);
+	memset(v, 0, sizeof *v);
+	v->kind = kind;
+	v->layer = *layer;
+	v->causal = causal;
+	msa_fmt(v->arch, sizeof v->arch, "%s", arch);
+	for (int i = 0; f && i < f->ntunables; i++)
+		v->tune[i] = f->tunables[i].def;
+}
+
+/* The candidate list of tunable i for a layer: the spec's, else the default. */
+static int tune_values(const msa_layer *l, const msa_family *f, int i, const int **vals,
+		       char *err, size_t errlen)
+{
+	const msa_tunable *tb = &f->tunables[i];
+	for (int s = 0; s < l->ntune; s++) {
+		const msa_tune_space *ts = &l->tune[s];
+		if (strcmp(ts->kernel, f->name) != 0)
+			continue;
+		for (int p = 0; p < ts->nparams; p++) {
+			if (strcmp(ts->params[p].name, tb->name) != 0)
+				continue;
+			for (int k = 0; k < ts->params[p].nvalues; k++) {
+				int ok = 0;
+				for (int a = 0; a < tb->nallowed; a++)
+					ok |= tb->allowed[a] == ts->params[p].values[k];
+				if (!ok) {
+					msa_fmt(err, errlen, "%s:%d: tune.%s.%s = %d is not supported",
+						l->file, l->line, f->name, tb->name,
+						ts->params[p].values[k]);
+					return -1;
+				}
+			}
+			*vals = ts->params[p].values;
+			return ts->params[p].nvalues;
+		}
+	}
+	*vals = &tb->def;
+	return 1;
+}
+
+/* Unknown kernel or parameter names in the spec's tune table are errors. */
+static int check_tune_names(const msa_layer *l, char *err, size_t errlen)
+{
+	for (int s = 0; s < l->ntune; s++) {
+		const msa_family *f = msa_family_find(l->tune[s].kernel);
+		if (!f) {
+			msa_fmt(err, errlen, "%s:%d: tune.%s: no such kernel", l->file, l->line,
+				l->tune[s].kernel);
+			return MSA_ESPEC;
+		}
+		for (int p = 0; p < l->tune[s].nparams; p++) {
+			int found = 0;
+			for (int i = 0; i < f->ntunables; i++)
+				found |= strcmp(f->tunables[i].name, l->tune[s].params[p].name) == 0;
+			if (!found) {
+				msa_fmt(err, errlen, "%s:%d: tune.%s.%s: no such tunable", l->file,
+					l->line, f->name, l->tune[s].params[p].name);
+				return MSA_ESPEC;
+			}
+		}
+	}
+	return MSA_OK;
+}
+
+int msa_variants_for_layer(const msa_layer *layer, const char *arch, msa_variant **out,
+			   int *n, char *err, size_t errlen)
+{
+	msa_variant *vs = NULL;
+	int count = 0, cap = 0, rc;
+
+	*out = NULL;
+	*n = 0;
+	if ((rc = check_tune_names(layer, err, errlen)) != MSA_OK)
+		return rc;
+	for (int kind = 0; kind < MSA_K_COUNT; kind++) {
+		const msa_family *f = &families[kind];
+		const int *vals[MSA_MAX_TUNABLES];
+		int nv[MSA_MAX_TUNABLES], idx[MSA_MAX_TUNABLES] = {0};
+		if (!family_supports(kind, layer, NULL, 0))
+			continue;
+		for (int i = 0; i < f->ntunables; i++)
+			if ((nv[i] = tune_values(layer, f, i, &vals[i], err, errlen)) < 0) {
+				free(vs);
+				return MSA_ESPEC;
+			}
+		for (;;) {	/* odometer over the cartesian product */
+			if (count == cap) {
+				msa_variant *nvs = realloc(vs, sizeof *vs * (size_t)(cap = cap ? 2 * cap : 16));
+				if (!nvs) {
+					free(vs);
+					return MSA_ENOMEM;
+				}
+				vs = nvs;
+			}
+			msa_variant_default(&vs[count], (msa_kind)kind, layer, arch, layer->causal);
+			for (int i = 0; i < f->ntunables; i++)
+				vs[count].tune[i] = vals[i][idx[i]];
+			count++;
+			int i = 0;
+			while (i < f->ntunables && ++idx[i] == nv[i])
+				idx[i++] = 0;
+			if (i == f->ntunables)
+				break;
+		}
+	}
+	*out = vs;
+	*n = count;
+	return MSA_OK;
+}
+
+/* ------------------------------------------------------------ source */
+
+typedef struct sbuf {
+	char *p;
+	size_t len, cap;
+	int oom;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *s, size_t n)
+{
+	if (b->oom)
+		return;
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 4096;
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		char *p = realloc(b->p, cap);
+		if (!p) {
+			b->oom = 1;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+MSA_FMT(2, 3) static void sb_printf(sbuf *b, const char *fmt, ...)
+{
+	char tmp[512];
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		sb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* Append a template; its '#include "x"' lines are replaced by x's text
+ * (the first time; later ones vanish), framed by #line so line numbers stay those of the files. */
+static int sb_template(sbuf *b, const char *name, const char **seen, int *nseen,
+		       char *err, size_t errlen)
+{
+	const msa_template *t = msa_template_find(name);
+	const char *p, *end;
+	int line = 1;
+
+	if (!t) {
+		msa_fmt(err, errlen, "template %s is not built in", name);
+		return MSA_EINVAL;
+	}
+	for (int i = 0; i < *nseen; i++)
+		if (strcmp(seen[i], t->name) == 0)
+			return MSA_OK;	/* every header is #pragma once */
+	if (*nseen == 16) {
+		msa_fmt(err, errlen, "template %s: includes nest too deep", name);
+		return MSA_EINVAL;
+	}
+	seen[(*nseen)++] = t->name;
+	sb_printf(b, "#line 1 \"templates/%s\"\n", name);
+	for (p = t->text, end = t->text + t->len; p < end; line++) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t n = nl ? (size_t)(nl - p) + 1 : (size_t)(end - p);
+		char inc[64];
+		if (sscanf(p, "#include \"%63[^\"]\"", inc) == 1) {
+			int rc = sb_template(b, inc, seen, nseen, err, errlen);
+			if (rc)
+				return rc;
+			sb_printf(b, "#line %d \"templates/%s\"\n", line + 1, name);
+		} else if (strncmp(p, "#pragma once", 12) != 0) {
+			sb_put(b, p, n);
+		} else {
+			sb_put(b, "\n", 1);
+		}
+		p += n;
+	}
+	return MSA_OK;
+}
+
+/* Launch geometry that the runtime and the prelude share. */
+static void family_launch(const msa_variant *v, int *threads, int *smem)
+{
+	const msa_layer *l = &v->layer;
+	switch (v->kind) {
+	case MSA_K_DENSE_FWD:
+		*threads = v->tune[0] / 16 * 32;
+		*smem = (v->tune[0] + 4 * v->tune[1]) * l->head_dim * 2;
+		return;
+	default:
+		*threads = *smem = 0;
+	}
+}
+
+void msa_variant_launch(const msa_variant *v, int *threads, int *smem)
+{
+	family_launch(v, threads, smem);
+}
+
+static void sb_prelude(sbuf *b, const msa_variant *v)
+{
+	const msa_family *f = msa_family_get(v->kind);
+	const msa_layer *l = &v->layer;
+	char name[256];
+	int threads, smem;
+
+	msa_variant_name(v, name, sizeof name);
+	family_launch(v, &threads, &smem);
+	sb_printf(b, "// generated by msagen %s: %s\n", MSAGEN_VERSION, name);
+	sb_printf(b, "// layer %s\n", l->name);
+	sb_printf(b, "#define MSA_HQ %d\n#define MSA_HKV %d\n#define MSA_D %d\n#define MSA_DI %d\n",
+		  l->heads_q, l->heads_kv, l->head_dim, l->index_dim);
+	sb_printf(b, "#define MSA_BLOCK %d\n#define MSA_TOPK %d\n#define MSA_LOCAL %d\n"
+		  "#define MSA_SINK %d\n", l->block, l->topk, l->local_blocks, l->sink_blocks);
+	sb_printf(b, "#define MSA_DT_Q %d\n#define MSA_DT_KV %d\n#define MSA_DT_INDEX %d\n"
+		  "#define MSA_DT_OUT %d\n", l->dtype_q, l->dtype_kv, l->dtype_index, l->dtype_out);
+	sb_printf(b, "#define MSA_CAUSAL %d\n#define MSA_ARCH %d\n", v->causal, arch_number(v->arch));
+	for (int i = 0; i < f->ntunables; i++) {
+		char up[32];
+		size_t k;
+		for (k = 0; f->tunables[i].name[k] && k < sizeof up - 1; k++)
+			up[k] = (char)(f->tunables[i].name[k] >= 'a' && f->tunables[i].name[k] <= 'z'
+				       ? f->tunables[i].name[k] - 32 : f->tunables[i].name[k]);
+		up[k] = '\0';
+		sb_printf(b, "#define MSA_TUNE_%s %d\n", up, v->tune[i]);
+	}
+	sb_printf(b, "#define MSA_THREADS %d\n#define MSA_SMEM_BYTES %d\n", threads, smem);
+}
+
+int msa_emit(const msa_variant *v, char **src, size_t *len, char *err, size_t errlen)
+{
+	const msa_family *f = msa_family_get(v->kind);
+	sbuf b = {0};
+	int rc;
+
+	*src = NULL;
+	*len = 0;
+	if (!f) {
+		msa_fmt(err, errlen, "unknown kernel kind %d", (int)v->kind);
+		return MSA_EINVAL;
+	}
+	const char *seen[16];
+	int nseen = 0;
+	sb_prelude(&b, v);
+	rc = sb_template(&b, f->template_name, seen, &nseen, err, errlen);
+	if (rc == MSA_OK && b.oom)
+		rc = MSA_ENOMEM;
+	if (rc != MSA_OK) {
+		free(b.p);
+		return rc;
+	}
+	*src = b.p;
+	*len = b.len;
+	return MSA_OK;
+}

@@ -1,0 +1,179 @@
+/* dense.c - modules (a layer's kernels on one device) and the dense
+ * attention entry points: plan checks lengths and uploads them once; run
+ * only launches. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+int msa_module_new(msa_ctx *ctx, const msa_layer *layer, msa_module **out)
+{
+	msa_module *m;
+	int rc;
+
+	if (!ctx || !out)
+		return ctx ? msa_ctx_fail(ctx, MSA_EINVAL, "msa_module_new: out is NULL") : MSA_EINVAL;
+	*out = NULL;
+	if (!layer)
+		return msa_ctx_fail(ctx, MSA_EINVAL, "msa_module_new: layer is NULL");
+	if (!(m = calloc(1, sizeof *m)))
+		return msa_ctx_fail(ctx, MSA_ENOMEM, "out of memory");
+	m->ctx = ctx;
+	m->layer = *layer;
+	if ((rc = msa_ctx_arch(ctx, m->arch, sizeof m->arch)) != MSA_OK)
+		goto fail;
+	if ((rc = msa_cu_get(&m->cu, ctx->err, sizeof ctx->err)) != MSA_OK)
+		goto fail;
+	/* JIT at load: the layer's own dense variant. */
+	if (msa_layer_supports(layer, MSA_K_DENSE_FWD)) {
+		msa_kernel *k;
+		if ((rc = msa_module_kernel(m, MSA_K_DENSE_FWD, layer->causal, &k)) != MSA_OK)
+			goto fail;
+	}
+	*out = m;
+	return MSA_OK;
+fail:
+	free(m);
+	return rc;
+}
+
+void msa_module_free(msa_module *mod)
+{
+	free(mod);
+}
+
+int msa_module_kernel(msa_module *m, msa_kind kind, int causal, msa_kernel **out)
+{
+	msa_variant v;
+	msa_variant_default(&v, kind, &m->layer, m->arch, causal);
+	return msa_kernel_get(m->ctx, &v, out);
+}
+
+/* Check batch+1 cumulative lengths; gives the longest q and totals. */
+static int check_lengths(msa_ctx *ctx, int batch, const int *cu_q, const int *cu_kv,
+			 int causal, int *max_q)
+{
+	if (batch < 1)
+		return msa_ctx_fail(ctx, MSA_EINVAL, "batch = %d must be >= 1", batch);
+	if (!cu_q || !cu_kv)
+		return msa_ctx_fail(ctx, MSA_EINVAL, "%s is NULL", cu_q ? "cu_kv" : "cu_q");
+	if (cu_q[0] != 0 || cu_kv[0] != 0)
+		return msa_ctx_fail(ctx, MSA_EINVAL, "%s[0] = %d must be 0", cu_q[0] ? "cu_q" : "cu_kv",
+				    cu_q[0] ? cu_q[0] : cu_kv[0]);
+	*max_q = 0;
+	for (int b = 0; b < batch; b++) {
+		long ql = (long)cu_q[b + 1] - cu_q[b], kl = (long)cu_kv[b + 1] - cu_kv[b];
+		if (ql < 0 || kl < 0)
+			return msa_ctx_fail(ctx, MSA_EINVAL, "%s is not non-decreasing at request %d",
+					    ql < 0 ? "cu_q" : "cu_kv", b);
+		if (causal && kl < ql)
+			return msa_ctx_fail(ctx, MSA_EINVAL,
+					    "request %d: kv_len %ld < q_len %ld (causal needs kv_len >= q_len)",
+					    b, kl, ql);
+		if (ql > *max_q)
+			*max_q = (int)ql;
+	}
+	return MSA_OK;
+}
+
+int msa_dense_plan_new(msa_module *mod, int batch, const int *cu_q, const int *cu_kv,
+		       int causal, msa_dense_plan **out)
+{
+	msa_dense_plan *p = NULL;
+	msa_ctx *ctx;
+	int rc, max_q = 0;
+	size_t bytes;
+
+	if (!mod || !out)
+		return mod ? msa_ctx_fail(mod->ctx, MSA_EINVAL, "msa_dense_plan_new: out is NULL") : MSA_EINVAL;
+	ctx = mod->ctx;
+	*out = NULL;
+	if (!msa_layer_supports(&mod->layer, MSA_K_DENSE_FWD))
+		return msa_ctx_fail(ctx, MSA_EUNSUPPORTED, "layer %s: no dense kernel for dtype q=%s kv=%s",
+				    mod->layer.name, msa_dtype_name(mod->layer.dtype_q),
+				    msa_dtype_name(mod->layer.dtype_kv));
+	if ((rc = check_lengths(ctx, batch, cu_q, cu_kv, causal, &max_q)) != MSA_OK)
+		return rc;
+	if (!(p = calloc(1, sizeof *p)))
+		return msa_ctx_fail(ctx, MSA_ENOMEM, "out of memory");
+	p->mod = mod;
+	p->batch = batch;
+	p->max_q = max_q;
+	p->causal = !!causal;
+	p->total_q = cu_q[batch];
+	p->total_kv = cu_kv[batch];
+	p->scale_log2 = (float)(mod->layer.scale / log(2.0));
+	if ((rc = msa_module_kernel(mod, MSA_K_DENSE_FWD, p->causal, &p->k)) != MSA_OK)
+		goto fail;
+	bytes = sizeof(int) * (size_t)(batch + 1);
+	rc = msa_cu_check(mod->cu->MemAlloc(&p->dev_cu, 2 * bytes), "cuMemAlloc", ctx->err, sizeof ctx->err);
+	if (rc == MSA_OK)
+		rc = msa_cu_check(mod->cu->MemcpyHtoD(p->dev_cu, cu_q, bytes), "cuMemcpyHtoD", ctx->err,
+				  sizeof ctx->err);
+	if (rc == MSA_OK)
+		rc = msa_cu_check(mod->cu->MemcpyHtoD(p->dev_cu + bytes, cu_kv, bytes), "cuMemcpyHtoD",
+				  ctx->err, sizeof ctx->err);
+	if (rc != MSA_OK)
+		goto fail;
+	*out = p;
+	return MSA_OK;
+fail:
+	msa_dense_plan_free(p);
+	return rc;
+}
+
+void msa_dense_plan_free(msa_dense_plan *p)
+{
+	if (!p)
+		return;
+	if (p->dev_cu)
+		p->mod->cu->MemFree(p->dev_cu);
+	free(p);
+}
+
+int msa_dense_run(msa_dense_plan *p, const void *q, const void *k, const void *v, void *out,
+		  float *lse, void *stream)
+{
+	msa_ctx *ctx;
+	CUdeviceptr cq, ck;
+	void *args[9];
+	unsigned grid_x;
+	int causal;
+
+	if (!p)
+		return MSA_EINVAL;
+	ctx = p->mod->ctx;
+	if (!q || !k || !v || !out || !lse)
+		return msa_ctx_fail(ctx, MSA_EINVAL, "msa_dense_run: %s is NULL",
+				    !q ? "q" : !k ? "k" : !v ? "v" : !out ? "out" : "lse");
+	if (p->max_q == 0)
+		return MSA_OK;
+	cq = p->dev_cu;
+	ck = p->dev_cu + sizeof(int) * (size_t)(p->batch + 1);
+	causal = p->causal;
+	args[0] = &q;
+	args[1] = &k;
+	args[2] = &v;
+	args[3] = &out;
+	args[4] = &lse;
+	args[5] = &cq;
+	args[6] = &ck;
+	args[7] = &p->scale_log2;
+	args[8] = &causal;
+	grid_x = (unsigned)((p->max_q + p->k->tune[0] - 1) / p->k->tune[0]);	/* block_m */
+	return msa_launch(ctx, p->k, grid_x, (unsigned)p->mod->layer.heads_q, (unsigned)p->batch,
+			  args, stream);
+}
+
+int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsigned gz,
+	       void **args, void *stream)
+{
+	const msa_cu *cu;
+	int rc;
+	if ((rc = msa_cu_get(&cu, ctx->err, sizeof ctx->err)) != MSA_OK)
+		return rc;
+	return msa_cu_check(cu->LaunchKernel(k->fn, gx, gy, gz, (unsigned)k->threads, 1, 1,
+					     (unsigned)k->smem, (CUstream)stream, args, NULL),
+			    k->name, ctx->err, sizeof ctx->err);
+}

@@ -1,0 +1,309 @@
+/* internal.h - the library's shared internal header, one section per file.
+ * Not installed; tests may include it. */
+#ifndef MSAGEN_INTERNAL_H
+#define MSAGEN_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "msagen.h"
+
+#define MSA_FMT(a, b) __attribute__((format(printf, a, b)))
+#define MSA_COUNT(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+/* ------------------------------------------------------------ util.c */
+
+/* snprintf into a fixed buffer that never overflows; NULL buf is allowed. */
+void msa_fmt(char *buf, size_t n, const char *fmt, ...) MSA_FMT(3, 4);
+/* malloc'ed printf; NULL on allocation failure. */
+char *msa_strdupf(const char *fmt, ...) MSA_FMT(1, 2);
+double msa_now_ms(void);
+/* Read a whole file (NUL-terminated); returns MSA_OK, MSA_EIO or MSA_ENOMEM. */
+int msa_read_file(const char *path, char **data, size_t *len);
+/* mkdir -p */
+int msa_mkdirs(const char *path);
+
+/* ------------------------------------------------------------ sha256.c */
+
+typedef struct msa_sha256 {
+	uint32_t h[8];
+	uint64_t nbytes;
+	uint8_t buf[64];
+	size_t nbuf;
+} msa_sha256;
+
+void msa_sha256_init(msa_sha256 *s);
+void msa_sha256_update(msa_sha256 *s, const void *data, size_t len);
+void msa_sha256_final(msa_sha256 *s, uint8_t out[32]);
+/* One call: 64 lowercase hex digits + NUL into hex. */
+void msa_sha256_hex(const void *data, size_t len, char hex[65]);
+
+/* ------------------------------------------------------------ memtab.c */
+
+/* In-memory table from string keys to pointers.  Keys are copied; values
+ * are owned by the caller.  Hash for buckets, full-key compare for hits. */
+typedef struct msa_memtab msa_memtab;
+
+msa_memtab *msa_memtab_new(void);
+void msa_memtab_free(msa_memtab *t);
+void *msa_memtab_get(const msa_memtab *t, const char *key);
+int msa_memtab_put(msa_memtab *t, const char *key, void *value);
+int msa_memtab_count(const msa_memtab *t);
+/* Visit every entry (order unspecified). */
+void msa_memtab_each(const msa_memtab *t, void (*fn)(void *arg, const char *key, void *value), void *arg);
+
+/* ------------------------------------------------------------ diskcache.c */
+
+/* One file per entry, named <sha256(key)>.msac, in the cache directory:
+ *   header:  magic "MSAGENC\1", u32 format version, u32 flags,
+ *            u64 key_len, u64 meta_len, u64 blob_len, 32-byte sha256 of
+ *            everything after the header
+ *   key:     the key preimage (compared in full on every read)
+ *   meta:    readable text "name=...\nregs=...\n..."
+ *   blob:    the cubin
+ * Writers publish through a temp file in the same directory, fsync and
+ * rename; a torn, truncated or mismatched entry is a miss. */
+#define MSA_DISK_FORMAT 1
+
+typedef struct msa_disk_entry {
+	char *meta;		/* NUL-terminated, malloc'ed */
+	char *blob;		/* malloc'ed */
+	size_t blob_len;
+} msa_disk_entry;
+
+void msa_disk_entry_clear(msa_disk_entry *e);
+/* The file name (no directory) for a key: 64 hex digits + ".msac". */
+void msa_disk_name(const char *key, size_t key_len, char name[80]);
+/* 1 = hit (e filled), 0 = miss (absent, corrupt, other key: why says which,
+ * may be NULL), <0 = -MSA_E* on an I/O error other than absence. */
+int msa_disk_get(const char *dir, const char *key, size_t key_len,
+		 msa_disk_entry *e, char *why, size_t whylen);
+/* MSA_OK, or a positive MSA_E* with err naming the path and the cause. */
+int msa_disk_put(const char *dir, const char *key, size_t key_len,
+		 const char *meta, const void *blob, size_t blob_len,
+		 char *err, size_t errlen);
+
+typedef struct msa_disk_info {
+	char file[80];
+	size_t size;
+	int ok;			/* header, lengths and checksum verify */
+	char problem[128];	/* why not ok */
+	char *meta;		/* NUL-terminated, malloc'ed; NULL if unreadable */
+} msa_disk_info;
+
+/* Call fn for every *.msac file in dir; returns number seen or -MSA_E*.
+ * info (and info->meta) live only during the call. */
+int msa_disk_list(const char *dir, void (*fn)(void *arg, const msa_disk_info *info), void *arg);
+/* Remove every entry (and stale temp files); returns number removed, or
+ * -MSA_EIO if some could not be removed. */
+int msa_disk_clear(const char *dir);
+
+/* ------------------------------------------------------------ emit.c */
+
+typedef enum msa_kind {
+	MSA_K_DENSE_FWD = 0,
+	MSA_K_COUNT
+} msa_kind;
+
+#define MSA_MAX_TUNABLES 8
+
+typedef struct msa_tunable {
+	const char *name;	/* as in the spec's tune table */
+	int def;		/* default value */
+	int nallowed;
+	int allowed[8];		/* values the template supports */
+} msa_tunable;
+
+typedef struct msa_family {
+	const char *name;	/* "dense_fwd": spec tune key and variant prefix */
+	const char *template_name;	/* file under templates/ */
+	const char *entry;	/* extern "C" __global__ name */
+	int ntunables;
+	msa_tunable tunables[MSA_MAX_TUNABLES];
+} msa_family;
+
+const msa_family *msa_family_get(msa_kind kind);
+const msa_family *msa_family_find(const char *name);
+
+/* One kernel variant: a family specialised by a layer, flags and tunables. */
+typedef struct msa_variant {
+	msa_kind kind;
+	msa_layer layer;	/* copy: variants outlive specs */
+	char arch[16];
+	int causal;
+	int tune[MSA_MAX_TUNABLES];	/* in family order */
+} msa_variant;
+
+/* The readable variant name, which is also the in-memory key, e.g.
+ * "dense_fwd.bf16.hq64.hkv4.d128.causal.bm64.bn64.sm_90a". */
+void msa_variant_name(const msa_variant *v, char *buf, size_t n);
+/* Default variant of a family for a layer (tunables at defaults). */
+void msa_variant_default(msa_variant *v, msa_kind kind, const msa_layer *layer,
+			 const char *arch, int causal);
+/* Every variant a layer asks for on one arch: families x flags x the
+ * cartesian product of the spec's tune lists.  *out is malloc'ed. */
+int msa_variants_for_layer(const msa_layer *layer, const char *arch,
+			   msa_variant **out, int *n, char *err, size_t errlen);
+/* Generate the CUDA source: prelude of constants, then the template after a
+ * #line.  *src is malloc'ed and NUL-terminated. */
+int msa_emit(const msa_variant *v, char **src, size_t *len, char *err, size_t errlen);
+/* Whether any variant of a family serves this layer (dtypes, dims). */
+int msa_layer_supports(const msa_layer *l, msa_kind kind);
+/* Threads per CTA and dynamic shared memory bytes of a variant. */
+void msa_variant_launch(const msa_variant *v, int *threads, int *smem);
+
+/* Embedded templates (build/templates.c, made from templates/ by tools/embed). */
+typedef struct msa_template {
+	const char *name;
+	const char *text;
+	size_t len;
+} msa_template;
+extern const msa_template msa_templates[];
+extern const int msa_ntemplates;
+const msa_template *msa_template_find(const char *name);
+
+/* ------------------------------------------------------------ nvrtc.c */
+
+typedef struct msa_compiled {
+	char *cubin;		/* malloc'ed */
+	size_t cubin_len;
+	char *log;		/* malloc'ed, maybe "" */
+	double ms;
+} msa_compiled;
+
+void msa_compiled_clear(msa_compiled *c);
+/* Options NVRTC gets for an arch, newline-joined (part of the cache key). */
+void msa_nvrtc_options(const char *arch, char *buf, size_t n);
+void msa_nvrtc_version_string(char *buf, size_t n);
+int msa_nvrtc_compile(const char *src, size_t len, const char *progname,
+		      const char *arch, msa_compiled *out, char *err, size_t errlen);
+/* The artifact key preimage: format, generator version, NVRTC version,
+ * arch, options, full source.  malloc'ed. */
+char *msa_artifact_key(const char *src, size_t len, const char *arch, size_t *key_len);
+
+/* ------------------------------------------------------------ driver.c */
+
+/* CUDA driver API, loaded with dlopen so nothing links against libcuda;
+ * cuda.h gives the types only.  Fields drop the "cu" prefix because cuda.h
+ * #defines many cu* names to their _v2 symbols. */
+#include <cuda.h>
+
+#define MSA_CU_FUNCS(X) \
+	X(Init, (unsigned int)) \
+	X(DriverGetVersion, (int *)) \
+	X(GetErrorString, (CUresult, const char **)) \
+	X(GetErrorName, (CUresult, const char **)) \
+	X(DeviceGet, (CUdevice *, int)) \
+	X(DeviceGetCount, (int *)) \
+	X(DeviceGetAttribute, (int *, CUdevice_attribute, CUdevice)) \
+	X(DeviceGetName, (char *, int, CUdevice)) \
+	X(DevicePrimaryCtxRetain, (CUcontext *, CUdevice)) \
+	X(DevicePrimaryCtxRelease, (CUdevice)) \
+	X(CtxGetCurrent, (CUcontext *)) \
+	X(CtxSetCurrent, (CUcontext)) \
+	X(CtxGetDevice, (CUdevice *)) \
+	X(CtxSynchronize, (void)) \
+	X(LibraryLoadData, (CUlibrary *, const void *, CUjit_option *, void **, unsigned int, CUlibraryOption *, void **, unsigned int)) \
+	X(LibraryUnload, (CUlibrary)) \
+	X(LibraryGetKernel, (CUkernel *, CUlibrary, const char *)) \
+	X(KernelGetFunction, (CUfunction *, CUkernel)) \
+	X(FuncGetAttribute, (int *, CUfunction_attribute, CUfunction)) \
+	X(FuncSetAttribute, (CUfunction, CUfunction_attribute, int)) \
+	X(LaunchKernel, (CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, CUstream, void **, void **)) \
+	X(MemAlloc, (CUdeviceptr *, size_t)) \
+	X(MemFree, (CUdeviceptr)) \
+	X(MemcpyHtoD, (CUdeviceptr, const void *, size_t)) \
+	X(MemcpyDtoH, (void *, CUdeviceptr, size_t)) \
+	X(MemsetD8, (CUdeviceptr, unsigned char, size_t)) \
+	X(MemsetD32, (CUdeviceptr, unsigned int, size_t)) \
+	X(StreamSynchronize, (CUstream)) \
+	X(EventCreate, (CUevent *, unsigned int)) \
+	X(EventRecord, (CUevent, CUstream)) \
+	X(EventSynchronize, (CUevent)) \
+	X(EventElapsedTime, (float *, CUevent, CUevent)) \
+	X(EventDestroy, (CUevent))
+
+typedef struct msa_cu {
+#define MSA_CU_FIELD(name, args) CUresult (*name) args;
+	MSA_CU_FUNCS(MSA_CU_FIELD)
+#undef MSA_CU_FIELD
+	int version;
+} msa_cu;
+
+/* The process-wide table, loaded once; MSA_ENODEV with a message if there
+ * is no driver. */
+int msa_cu_get(const msa_cu **out, char *err, size_t errlen);
+/* Make a context current on this thread for device `dev` (the primary one,
+ * unless the caller already has one current, as PyTorch does). */
+int msa_cu_ensure_ctx(int dev, int *cc_major, int *cc_minor, char *err, size_t errlen);
+/* "cuMemAlloc failed: CUDA_ERROR_OUT_OF_MEMORY (out of memory)" into err;
+ * returns MSA_ECUDA, or MSA_OK when r is CUDA_SUCCESS. */
+int msa_cu_check(CUresult r, const char *what, char *err, size_t errlen);
+
+/* ------------------------------------------------------------ jit.c */
+
+#include <pthread.h>
+
+struct msa_ctx {
+	char err[8192];		/* last error; NVRTC logs can be long */
+	char cache_dir[1024];
+	int disk;		/* use the disk cache */
+	char arch[16];		/* forced arch, "" = the GPU's */
+	int device;
+	int verbose;
+	int have_gpu;		/* the driver was initialised */
+	pthread_mutex_t lock;	/* guards kernels and compiles */
+	msa_memtab *kernels;	/* variant name -> msa_kernel */
+};
+
+/* A loaded kernel; owned by the context's table. */
+typedef struct msa_kernel {
+	char name[256];
+	CUlibrary lib;
+	CUfunction fn;
+	int threads;
+	int smem;
+	int tune[MSA_MAX_TUNABLES];	/* the variant's tunables */
+} msa_kernel;
+
+typedef struct msa_cubin {
+	char *cubin;		/* malloc'ed */
+	size_t cubin_len;
+	int from_disk;
+	double compile_ms;
+} msa_cubin;
+
+int msa_ctx_fail(msa_ctx *ctx, int rc, const char *fmt, ...) MSA_FMT(3, 4);
+int msa_arch_valid(const char *arch);
+/* The target arch for kernels run on this context; initialises the driver
+ * and makes a context current. */
+int msa_ctx_arch(msa_ctx *ctx, char *arch, size_t n);
+/* Disk cache, else NVRTC (publishing to the disk cache).  No GPU needed. */
+int msa_obtain_cubin(msa_ctx *ctx, const msa_variant *v, msa_cubin *out, char *err, size_t errlen);
+/* Memory table, else obtain + load.  Needs the driver. */
+int msa_kernel_get(msa_ctx *ctx, const msa_variant *v, msa_kernel **out);
+
+/* ------------------------------------------------------------ dense.c */
+
+struct msa_module {
+	msa_ctx *ctx;		/* not owned */
+	msa_layer layer;
+	char arch[16];
+	const msa_cu *cu;
+};
+
+struct msa_dense_plan {
+	msa_module *mod;
+	msa_kernel *k;		/* owned by the context */
+	int batch, max_q, causal, total_q, total_kv;
+	float scale_log2;
+	CUdeviceptr dev_cu;	/* cu_q then cu_kv, batch+1 ints each */
+};
+
+/* The module's kernel of a family at default tunables. */
+int msa_module_kernel(msa_module *m, msa_kind kind, int causal, msa_kernel **out);
+int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsigned gz,
+	       void **args, void *stream);
+
+#endif

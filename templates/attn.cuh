@@ -1,0 +1,171 @@
+// attn.cuh - the warp-level pieces of flash attention shared by the dense,
+// sparse and decode kernels: a warp owns 16 rows of Q (in registers) and
+// folds tiles of BN keys into its output with an online softmax in the log2
+// domain.  Tiles live in swizzled shared memory (swz<D>).
+#pragma once
+#include "common.cuh"
+
+// Copy ROWS rows of a [ROWS][COLS] 16-bit tile with cp.async; rowptr(r)
+// gives the row's global address or nullptr for a zero row.
+template <int ROWS, int COLS, int NT, typename F>
+__device__ __forceinline__ void tile_load(u16 *tile, const void *any, F rowptr)
+{
+	const int chunks = COLS / 8;
+	for (int i = threadIdx.x; i < ROWS * chunks; i += NT) {
+		int r = i / chunks, c = i % chunks;
+		const u16 *p = (const u16 *)rowptr(r);
+		cp_async16(smem_u32(tile) + swz<COLS>(r, c * 8), p ? (const void *)(p + c * 8) : any,
+			   p ? 16 : 0);
+	}
+}
+
+// The A fragments of 16 rows x D columns of a swizzled tile, from row r0.
+template <int D>
+__device__ __forceinline__ void load_a_frags(u32 (&qa)[D / 16][4], const u16 *tile, int r0, int lane)
+{
+#pragma unroll
+	for (int kk = 0; kk < D / 16; kk++) {
+		int r = r0 + (lane % 8) + ((lane / 8) % 2) * 8;
+		int c = kk * 16 + (lane / 16) * 8;
+		ldsm_x4(smem_u32(tile) + swz<D>(r, c), qa[kk][0], qa[kk][1], qa[kk][2], qa[kk][3]);
+	}
+}
+
+// s = Q K^T for one tile of BN keys (K tile is [BN][D]).
+template <int D, int BN, int DT>
+__device__ __forceinline__ void qk_tile(const u32 (&qa)[D / 16][4], const u16 *ktile,
+					float (&s)[BN / 8][4], int lane)
+{
+#pragma unroll
+	for (int j = 0; j < BN / 8; j++)
+		s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+	for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+		for (int j = 0; j < BN / 8; j += 2) {
+			u32 b0, b1, b2, b3;
+			int r = j * 8 + (lane % 8) + (lane / 16) * 8;
+			int c = kk * 16 + ((lane / 8) % 2) * 8;
+			ldsm_x4(smem_u32(ktile) + swz<D>(r, c), b0, b1, b2, b3);
+			mma16816<DT>(s[j], qa[kk], b0, b1);
+			mma16816<DT>(s[j + 1], qa[kk], b2, b3);
+		}
+	}
+}
+
+// Per-thread softmax state for its two rows (lane/4 and lane/4 + 8).
+struct row_state {
+	float m[2];	// running max, log2 domain; -inf until a key is seen
+	float l[2];	// running sum of exp2, this thread's columns only
+};
+
+__device__ __forceinline__ void row_state_init(row_state &st)
+{
+	st.m[0] = st.m[1] = -MSA_INF;
+	st.l[0] = st.l[1] = 0.f;
+}
+
+// Scale logits into the log2 domain and mask: visible(row_half, col) says
+// whether column col (0..BN-1 of this tile) is a key the row may see.
+template <int BN, typename V>
+__device__ __forceinline__ void scale_mask(float (&s)[BN / 8][4], float scale_log2, int lane, V visible)
+{
+	const int t = lane % 4;
+#pragma unroll
+	for (int j = 0; j < BN / 8; j++)
+#pragma unroll
+		for (int e = 0; e < 4; e++) {
+			int col = j * 8 + 2 * t + (e & 1);
+			s[j][e] = visible(e / 2, col) ? s[j][e] * scale_log2 : -MSA_INF;
+		}
+}
+
+// Fold a masked tile into (st, o); leaves P (bf16/fp16) in pa for PV.
+template <int D, int BN, int DT>
+__device__ __forceinline__ void online_softmax(float (&s)[BN / 8][4], row_state &st,
+					       float (&o)[D / 8][4], u32 (&pa)[BN / 16][4])
+{
+	float mx[2] = {st.m[0], st.m[1]}, alpha[2];
+#pragma unroll
+	for (int j = 0; j < BN / 8; j++) {
+		mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
+		mx[1] = fmaxf(mx[1], fmaxf(s[j][2], s[j][3]));
+	}
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
+		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+		// exp2(-inf - -inf) is NaN: a row that has seen nothing uses base 0
+		float base = mx[r] == -MSA_INF ? 0.f : mx[r];
+		alpha[r] = st.m[r] == -MSA_INF ? 0.f : fast_exp2(st.m[r] - base);
+		st.m[r] = mx[r];
+		mx[r] = base;
+		st.l[r] *= alpha[r];
+	}
+#pragma unroll
+	for (int j = 0; j < D / 8; j++) {
+		o[j][0] *= alpha[0];
+		o[j][1] *= alpha[0];
+		o[j][2] *= alpha[1];
+		o[j][3] *= alpha[1];
+	}
+#pragma unroll
+	for (int j = 0; j < BN / 8; j++) {
+		float p0 = fast_exp2(s[j][0] - mx[0]), p1 = fast_exp2(s[j][1] - mx[0]);
+		float p2 = fast_exp2(s[j][2] - mx[1]), p3 = fast_exp2(s[j][3] - mx[1]);
+		st.l[0] += p0 + p1;
+		st.l[1] += p2 + p3;
+		pa[j / 2][(j & 1) * 2 + 0] = pack2<DT>(p0, p1);
+		pa[j / 2][(j & 1) * 2 + 1] = pack2<DT>(p2, p3);
+	}
+}
+
+// o += P V for one tile (V tile is [BN][D]).
+template <int D, int BN, int DT>
+__device__ __forceinline__ void pv_tile(const u32 (&pa)[BN / 16][4], const u16 *vtile,
+					float (&o)[D / 8][4], int lane)
+{
+#pragma unroll
+	for (int kk = 0; kk < BN / 16; kk++) {
+#pragma unroll
+		for (int j = 0; j < D / 8; j += 2) {
+			u32 b0, b1, b2, b3;
+			int r = kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+			int c = j * 8 + (lane / 16) * 8;
+			ldsm_x4_t(smem_u32(vtile) + swz<D>(r, c), b0, b1, b2, b3);
+			mma16816<DT>(o[j], pa[kk], b0, b1);
+			mma16816<DT>(o[j + 1], pa[kk], b2, b3);
+		}
+	}
+}
+
+// Row sums across the quad; returns the natural-log lse of row half r
+// (-inf for a row that saw no key) and the 1/l to normalise with.
+__device__ __forceinline__ float row_finish(const row_state &st, int r, float &inv)
+{
+	float l = st.l[r];
+	l += __shfl_xor_sync(0xffffffff, l, 1);
+	l += __shfl_xor_sync(0xffffffff, l, 2);
+	inv = l > 0.f ? 1.f / l : 0.f;
+	return l > 0.f ? (st.m[r] + __log2f(l)) * 0.69314718055994531f : -MSA_INF;
+}
+
+// Store row half r of o (scaled by inv) as 16-bit DT at dst (D values).
+template <int D, int DT>
+__device__ __forceinline__ void store_row(const float (&o)[D / 8][4], int r, float inv, u16 *dst, int lane)
+{
+	const int t = lane % 4;
+#pragma unroll
+	for (int j = 0; j < D / 8; j++)
+		*reinterpret_cast<u32 *>(dst + j * 8 + 2 * t) = pack2<DT>(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+}
+
+// Store row half r of o (scaled by inv) as fp32 (split partials).
+template <int D>
+__device__ __forceinline__ void store_row_f32(const float (&o)[D / 8][4], int r, float inv, float *dst, int lane)
+{
+	const int t = lane % 4;
+#pragma unroll
+	for (int j = 0; j < D / 8; j++)
+		*reinterpret_cast<float2 *>(dst + j * 8 + 2 * t) = make_float2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
+}

@@ -1,0 +1,131 @@
+// dense_fwd.cu - dense GQA attention forward over a ragged batch.
+//
+// One CTA takes BLOCK_M queries of one (request, query head); each warp owns
+// 16 query rows and walks the request's keys in tiles of BLOCK_N with an
+// online softmax (exp2, scale folded in).  K and V tiles stream through a
+// two-stage cp.async ring; QK^T and PV use mma.sync m16n8k16 with P kept in
+// registers.  This is the portable sm_80+ path; the Hopper wgmma path
+// replaces the inner loop later without changing the entry point.
+#include "attn.cuh"
+
+#ifndef MSA_TUNE_BLOCK_M
+#define MSA_TUNE_BLOCK_M 64
+#define MSA_TUNE_BLOCK_N 64
+#endif
+
+#define BM MSA_TUNE_BLOCK_M
+#define BN MSA_TUNE_BLOCK_N
+#define D MSA_D
+#define NWARPS (BM / 16)
+#define NTHREADS (NWARPS * 32)
+
+typedef dtype_traits<MSA_DT_Q>::T elem_t;
+typedef dtype_traits<MSA_DT_OUT>::T out_t;
+
+static_assert(MSA_DT_Q == MSA_DT_KV && MSA_DT_Q < 2, "dense_fwd: q and kv must be the same 16-bit type");
+static_assert(D == 64 || D == 128, "dense_fwd: head dim 64 or 128");
+static_assert(BM % 16 == 0 && BN % 16 == 0, "dense_fwd: tiles are multiples of 16");
+
+struct smem_t {
+	u16 q[BM * D];
+	u16 k[2][BN * D];
+	u16 v[2][BN * D];
+};
+#ifdef MSA_SMEM_BYTES
+static_assert(sizeof(smem_t) <= MSA_SMEM_BYTES, "dense_fwd: generator's shared-memory size is too small");
+#endif
+
+extern "C" __global__ void __launch_bounds__(NTHREADS)
+msa_dense_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
+	      const elem_t *__restrict__ v, out_t *__restrict__ out,
+	      float *__restrict__ lse, const int *__restrict__ cu_q,
+	      const int *__restrict__ cu_kv, float scale_log2, int causal)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	smem_t &sm = *reinterpret_cast<smem_t *>(smem_raw);
+	const int tile = blockIdx.x, hq = blockIdx.y, b = blockIdx.z;
+	const int hk = hq / MSA_G;
+	const int q0 = cu_q[b], q_len = cu_q[b + 1] - q0;
+	const int k0 = cu_kv[b], kv_len = cu_kv[b + 1] - k0;
+	const int m0 = tile * BM;
+	if (m0 >= q_len)
+		return;
+	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+	const int shift = kv_len - q_len;	// bottom-right causal offset
+
+	// Keys this tile can see at all.
+	int kend = kv_len;
+	if (causal)
+		kend = min(kv_len, shift + min(m0 + BM, q_len));
+	const int ntiles = kend > 0 ? (kend + BN - 1) / BN : 0;
+
+	const int qstride = MSA_HQ * D, kstride = MSA_HKV * D;
+	const elem_t *qb = q + (size_t)q0 * qstride + hq * D;
+	const elem_t *kb = k + (size_t)k0 * kstride + hk * D;
+	const elem_t *vb = v + (size_t)k0 * kstride + hk * D;
+	auto qrow = [&](int r) { return m0 + r < q_len ? qb + (size_t)(m0 + r) * qstride : nullptr; };
+	auto krow = [&](const elem_t *base, int n0) {
+		return [=](int r) { return n0 + r < kv_len ? base + (size_t)(n0 + r) * kstride : nullptr; };
+	};
+
+	tile_load<BM, D, NTHREADS>(sm.q, q, qrow);
+	if (ntiles > 0)
+		tile_load<BN, D, NTHREADS>(sm.k[0], q, krow(kb, 0));
+	cp_async_commit();
+	if (ntiles > 0)
+		tile_load<BN, D, NTHREADS>(sm.v[0], q, krow(vb, 0));
+	cp_async_commit();
+	cp_async_wait<1>();
+	__syncthreads();
+
+	u32 qa[D / 16][4];
+	load_a_frags<D>(qa, sm.q, warp * 16, lane);
+	float o[D / 8][4];
+#pragma unroll
+	for (int j = 0; j < D / 8; j++)
+		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+	row_state st;
+	row_state_init(st);
+	const int row_a = m0 + warp * 16 + lane / 4;	// this thread's two rows
+	const int lim_a = causal ? shift + row_a : kv_len - 1;
+
+	for (int it = 0; it < ntiles; it++) {
+		const int stg = it & 1, n0 = it * BN;
+		cp_async_wait<1>();
+		__syncthreads();
+		if (it + 1 < ntiles)
+			tile_load<BN, D, NTHREADS>(sm.k[stg ^ 1], q, krow(kb, n0 + BN));
+		cp_async_commit();
+
+		float s[BN / 8][4];
+		qk_tile<D, BN, MSA_DT_Q>(qa, sm.k[stg], s, lane);
+		scale_mask<BN>(s, scale_log2, lane, [&](int half, int col) {
+			int j = n0 + col;
+			return j < kv_len && j <= lim_a + (causal ? half * 8 : 0);
+		});
+		u32 pa[BN / 16][4];
+		online_softmax<D, BN, MSA_DT_Q>(s, st, o, pa);
+
+		cp_async_wait<1>();
+		__syncthreads();
+		if (it + 1 < ntiles)
+			tile_load<BN, D, NTHREADS>(sm.v[stg ^ 1], q, krow(vb, n0 + BN));
+		cp_async_commit();
+		pv_tile<D, BN, MSA_DT_Q>(pa, sm.v[stg], o, lane);
+	}
+	cp_async_wait<0>();
+
+	// Normalise and store; a row with no visible key gives 0 and -inf.
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		float inv;
+		const float l = row_finish(st, r, inv);
+		const int row = row_a + r * 8;
+		if (row < q_len) {
+			size_t at = (size_t)(q0 + row) * MSA_HQ + hq;
+			store_row<D, MSA_DT_OUT>(o, r, inv, out + at * D, lane);
+			if (lane % 4 == 0)
+				lse[at] = l;
+		}
+	}
+}

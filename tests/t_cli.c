@@ -1,0 +1,136 @@
+/* t_cli.c - the msagen command end to end (no GPU): help, build twice (the
+ * second is all cache hits), concurrent builds of one key, a corrupt entry,
+ * emit determinism, spec errors. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "tap.h"
+
+static char bin[1024], dir[256];
+
+/* Run a shell command; returns its exit status and its output in out. */
+static int run(char *out, size_t n, const char *fmt, ...) MSA_FMT(3, 4);
+static int run(char *out, size_t n, const char *fmt, ...)
+{
+	char cmd[4096];
+	va_list ap;
+	size_t got = 0;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof cmd, fmt, ap);
+	va_end(ap);
+	FILE *p = popen(cmd, "r");
+	if (!p)
+		bail("popen %s", cmd);
+	while (got + 1 < n) {
+		size_t r = fread(out + got, 1, n - 1 - got, p);
+		if (r == 0)
+			break;
+		got += r;
+	}
+	out[got] = '\0';
+	int st = pclose(p);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void check_help(void)
+{
+	char out[8192];
+	is_int(run(out, sizeof out, "%s --help", bin), 0, "msagen --help exits 0");
+	like(out, "build SPEC", "help lists build");
+	is_int(run(out, sizeof out, "%s build --help", bin), 0, "build --help exits 0");
+	like(out, "usage: msagen build", "build has its own help");
+	is_int(run(out, sizeof out, "%s frobnicate 2>&1", bin), 2, "unknown command exits 2");
+	is_int(run(out, sizeof out, "%s build specs/tiny.lua --arch sm_99 2>&1", bin), 2,
+	       "unknown arch exits 2");
+}
+
+static void check_build(void)
+{
+	char out[16384];
+	is_int(run(out, sizeof out, "%s build specs/tiny.lua --cache-dir %s -q 2>&1", bin, dir), 0,
+	       "cold build succeeds");
+	like(out, "variants: 2 compiled, 0 from cache, 0 failed", "cold build compiles every variant");
+	is_int(run(out, sizeof out, "%s build specs/tiny.lua --cache-dir %s -q 2>&1", bin, dir), 0,
+	       "warm build succeeds");
+	like(out, "variants: 0 compiled, 2 from cache, 0 failed", "warm build is all cache hits");
+	is_int(run(out, sizeof out, "%s cache ls --cache-dir %s", bin, dir), 0, "cache ls");
+	like(out, "dense_fwd.bf16.bf16.hq4.hkv2.d64.causal", "ls shows readable variant names");
+	like(out, "2 entries", "ls counts entries");
+}
+
+static void check_corrupt(void)
+{
+	char out[16384], path[512];
+	FILE *f;
+	is_int(run(out, sizeof out, "ls %s/*.msac | head -n 1", dir), 0, "find an entry");
+	out[strcspn(out, "\n")] = '\0';
+	msa_fmt(path, sizeof path, "%s", out);
+	f = fopen(path, "r+b");
+	ok(f && fseek(f, -100, SEEK_END) == 0 && fputc('#', f) != EOF && fclose(f) == 0,
+	   "flip a byte near the end of %s", path);
+	is_int(run(out, sizeof out, "%s cache verify --cache-dir %s", bin, dir), 1,
+	       "verify fails on the corrupt entry");
+	like(out, "BAD: checksum", "verify says why");
+	is_int(run(out, sizeof out, "%s build specs/tiny.lua --cache-dir %s -q 2>&1", bin, dir), 0,
+	       "build over a corrupt entry succeeds");
+	like(out, "1 compiled, 1 from cache", "the corrupt entry is a miss, recompiled");
+	is_int(run(out, sizeof out, "%s cache verify --cache-dir %s", bin, dir), 0, "verify passes again");
+	if (!truncate(path, 37))
+		is_int(run(out, sizeof out, "%s build specs/tiny.lua --cache-dir %s -q 2>&1", bin, dir), 0,
+		       "build over a truncated entry succeeds");
+	else
+		ok(0, "truncate");
+	is_int(run(out, sizeof out, "%s cache clear --cache-dir %s", bin, dir), 0, "cache clear");
+	like(out, "removed 2 entries", "clear removes both entries");
+}
+
+/* Four builds of the same spec into one empty cache at once. */
+static void check_race(void)
+{
+	char out[16384];
+	is_int(run(out, sizeof out,
+		   "( for i in 1 2 3 4; do ( %s build specs/tiny.lua --cache-dir %s/race -q -j 1 "
+		   ">/dev/null 2>&1; echo rc=$? ) & done; wait ) | grep -c rc=0", bin, dir), 0,
+	       "race script ran");
+	is_int(atoi(out), 4, "four concurrent builds of one key all succeed");
+	is_int(run(out, sizeof out, "%s cache verify --cache-dir %s/race", bin, dir), 0,
+	       "the raced entries verify");
+	like(out, "2 entries, ", "one entry per key, no temp files counted");
+	is_int(run(out, sizeof out, "ls -a %s/race | grep -c tmp", dir), 1, "no temp files left");
+}
+
+static void check_emit(void)
+{
+	char out[16384];
+	is_int(run(out, sizeof out, "%s emit specs/tiny.lua -o %s/e1 >/dev/null && %s emit specs/tiny.lua -o %s/e2 >/dev/null "
+		   "&& diff -r %s/e1 %s/e2 && ls %s/e1 | wc -l", bin, dir, bin, dir, dir, dir, dir), 0,
+	       "emit twice, same bytes");
+	ok(atoi(out) == 2, "one source per variant (%d)", atoi(out));
+	is_int(run(out, sizeof out, "printf 'layer { name = \"x\",\\n heads = { q = 48, kv = 5 }, head_dim = 64 }\\n' > %s/bad.lua"
+		   " && %s build %s/bad.lua --cache-dir %s 2>&1", dir, bin, dir, dir), 1, "bad spec exits 1");
+	like(out, "bad.lua:2: heads.q = 48 is not a multiple of heads.kv = 5", "error names file, line, field");
+}
+
+int main(void)
+{
+	const char *b = getenv("MSAGEN_BIN");
+	char tmpl[] = "/tmp/msagen-cli-XXXXXX", out[64];
+	plan(6 + 7 + 10 + 5 + 4);
+	msa_fmt(bin, sizeof bin, "%s", b && *b ? b : "build/msagen");
+	if (access(bin, X_OK) != 0)
+		bail("no msagen binary at %s (set MSAGEN_BIN)", bin);
+	if (!mkdtemp(tmpl))
+		bail("mkdtemp");
+	msa_fmt(dir, sizeof dir, "%s", tmpl);
+	check_help();
+	check_build();
+	check_corrupt();
+	check_race();
+	check_emit();
+	run(out, sizeof out, "rm -rf %s", dir);
+	return done_testing();
+}

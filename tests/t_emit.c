@@ -1,0 +1,145 @@
+/* t_emit.c - the generator: determinism, #line mapping, variant sets, and
+ * every template compiling through NVRTC for sm_80 and sm_90a (no GPU). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "tap.h"
+
+static const char tiny[] =
+	"layer { name = 'a', heads = { q = 8, kv = 2 }, head_dim = 64, block = 64, topk = 4,\n"
+	"        arch = { 'sm_90a', 'sm_80' },\n"
+	"        tune = { dense_fwd = { block_m = { 64, 128 }, block_n = { 32, 64 } } } }\n"
+	"layer { name = 'b', heads = { q = 16, kv = 1 }, head_dim = 128, dtype = 'fp16', causal = false }\n";
+
+static msa_spec *load(const char *text)
+{
+	char err[512];
+	msa_spec *s = NULL;
+	if (msa_spec_load_string("t.lua", text, strlen(text), &s, err, sizeof err) != MSA_OK)
+		bail("spec: %s", err);
+	return s;
+}
+
+static void check_determinism(const msa_layer *l)
+{
+	msa_variant v;
+	char *a, *b, err[256];
+	size_t la, lb;
+	msa_variant_default(&v, MSA_K_DENSE_FWD, l, "sm_90a", 1);
+	ok(msa_emit(&v, &a, &la, err, sizeof err) == MSA_OK, "emit dense_fwd");
+	ok(msa_emit(&v, &b, &lb, err, sizeof err) == MSA_OK, "emit again");
+	ok(la == lb && memcmp(a, b, la) == 0, "same variant, same bytes");
+	like(a, "#define MSA_HQ 8\n", "prelude has the spec constants");
+	like(a, "#line 1 \"templates/dense_fwd.cu\"", "#line points at the template");
+	like(a, "#line 1 \"templates/common.cuh\"", "common.cuh inlined with #line");
+	ok(strstr(a, "#include \"") == NULL, "no #include left: one self-contained source");
+	v.tune[0] = 128;
+	free(b);
+	ok(msa_emit(&v, &b, &lb, err, sizeof err) == MSA_OK && strcmp(a, b) != 0,
+	   "another tunable, other source");
+	free(a);
+	free(b);
+}
+
+static void check_variants(const msa_spec *s)
+{
+	msa_variant *vs;
+	int n;
+	char err[256], name[256];
+	ok(msa_variants_for_layer(&s->layers[0], "sm_80", &vs, &n, err, sizeof err) == MSA_OK,
+	   "variants of layer a");
+	is_int(n, 4, "tune space 2 x 2 gives 4 dense variants");
+	msa_variant_name(&vs[3], name, sizeof name);
+	is_string(name, "dense_fwd.bf16.bf16.hq8.hkv2.d64.causal.block_m128.block_n64.sm_80",
+		  "readable variant name");
+	free(vs);
+	ok(msa_variants_for_layer(&s->layers[1], "sm_90a", &vs, &n, err, sizeof err) == MSA_OK && n == 1,
+	   "no tune table: one default variant");
+	msa_variant_name(&vs[0], name, sizeof name);
+	like(name, "dense_fwd.fp16.fp16.hq16.hkv1.d128.full.", "fp16 non-causal name");
+	free(vs);
+}
+
+static void check_bad_tune(void)
+{
+	const char *bad[][2] = {
+		{"layer { name='x', heads={q=4,kv=2}, head_dim=64,\n tune = { dense_fwd = { block_m = {48} } } }",
+		 "t.lua:1: tune.dense_fwd.block_m = 48 is not supported"},
+		{"layer { name='x', heads={q=4,kv=2}, head_dim=64, tune = { nope = { a = 1 } } }",
+		 "tune.nope: no such kernel"},
+		{"layer { name='x', heads={q=4,kv=2}, head_dim=64, tune = { dense_fwd = { warps = 4 } } }",
+		 "tune.dense_fwd.warps: no such tunable"},
+	};
+	for (int i = 0; i < MSA_COUNT(bad); i++) {
+		msa_spec *s = load(bad[i][0]);
+		msa_variant *vs = NULL;
+		int n;
+		char err[256] = "";
+		ok(msa_variants_for_layer(&s->layers[0], "sm_90a", &vs, &n, err, sizeof err) == MSA_ESPEC,
+		   "bad tune table %d rejected", i);
+		like(err, bad[i][1], "message names the field");
+		free(vs);
+		msa_spec_free(s);
+	}
+}
+
+/* Every variant of every layer, both archs, compiles; the resource report
+ * shows no spills. */
+static void check_compiles(const msa_spec *s)
+{
+	static const char *const archs[] = {"sm_80", "sm_90a"};
+	for (int li = 0; li < s->nlayers; li++) {
+		for (int a = 0; a < 2; a++) {
+			msa_variant *vs;
+			int n;
+			char err[4096];
+			msa_variants_for_layer(&s->layers[li], archs[a], &vs, &n, err, sizeof err);
+			for (int i = 0; i < n; i++) {
+				char name[256], *src;
+				size_t len;
+				msa_compiled c;
+				msa_variant_name(&vs[i], name, sizeof name);
+				msa_emit(&vs[i], &src, &len, err, sizeof err);
+				int rc = msa_nvrtc_compile(src, len, name, archs[a], &c, err, sizeof err);
+				ok(rc == MSA_OK && c.cubin_len > 0, "NVRTC compiles %s (%.0f ms)", name, c.ms);
+				if (rc != MSA_OK)
+					diag("%s", err);
+				ok(c.log && strstr(c.log, " 0 bytes spill stores"), "%s: no spills", name);
+				msa_compiled_clear(&c);
+				free(src);
+			}
+			free(vs);
+		}
+	}
+}
+
+/* A compile error in a template points at the template's own line. */
+static void check_error_lines(const msa_spec *s)
+{
+	msa_variant v;
+	char *src, err[8192];
+	size_t len;
+	msa_compiled c;
+	msa_variant_default(&v, MSA_K_DENSE_FWD, &s->layers[0], "sm_90a", 1);
+	v.tune[1] = 40;	/* block_n not a multiple of 16: a static_assert fires */
+	msa_emit(&v, &src, &len, err, sizeof err);
+	ok(msa_nvrtc_compile(src, len, "bad", "sm_90a", &c, err, sizeof err) == MSA_ECOMPILE,
+	   "a bad variant fails to compile");
+	like(err, "templates/dense_fwd.cu(", "the error names the template file and line");
+	msa_compiled_clear(&c);
+	free(src);
+}
+
+int main(void)
+{
+	msa_spec *s = load(tiny);
+	plan(8 + 5 + 6 + 2 * 2 * (4 + 1) + 2);
+	check_determinism(&s->layers[0]);
+	check_variants(s);
+	check_bad_tune();
+	check_compiles(s);
+	check_error_lines(s);
+	msa_spec_free(s);
+	return done_testing();
+}

@@ -10,11 +10,19 @@
 
 #include "internal.h"
 
+#define F_ATTN (MSA_F_DTQ | MSA_F_DTOUT | MSA_F_HEADS | MSA_F_D | MSA_F_BK)
+#define F_INDEX (MSA_F_DTIDX | MSA_F_HEADS | MSA_F_DI | MSA_F_BK | MSA_F_TOPK)
+
 static const msa_family families[MSA_K_COUNT] = {
 	[MSA_K_DENSE_FWD] = {
-		"dense_fwd", "dense_fwd.cu", "msa_dense_fwd", 2,
+		"dense_fwd", F_ATTN | MSA_F_CAUSAL, "dense_fwd.cu", "msa_dense_fwd", 2,
 		{{"block_m", 64, 2, {64, 128}}, {"block_n", 64, 2, {32, 64}}},
 	},
+	[MSA_K_INDEX_SCORES] = {"index_scores", F_INDEX, "index_topk.cu", "msa_index_topk", 0, {{0}}},
+	[MSA_K_INDEX_TOPK] = {"index_topk", F_INDEX, "index_topk.cu", "msa_index_topk", 0, {{0}}},
+	[MSA_K_TOPK] = {"topk", MSA_F_HEADS | MSA_F_BK | MSA_F_TOPK, "topk.cu", "msa_topk", 0, {{0}}},
+	[MSA_K_SPARSE_FWD] = {"sparse_fwd", F_ATTN | MSA_F_TOPK, "sparse_fwd.cu", "msa_sparse_fwd", 0, {{0}}},
+	[MSA_K_COMBINE] = {"combine", MSA_F_DTOUT | MSA_F_HEADS | MSA_F_D, "combine.cu", "msa_combine", 0, {{0}}},
 };
 
 const msa_family *msa_family_get(msa_kind kind)
@@ -51,10 +59,16 @@ static int family_supports(msa_kind kind, const msa_layer *l, char *why, size_t 
 {
 	switch (kind) {
 	case MSA_K_DENSE_FWD:
-		if (l->dtype_q != l->dtype_kv || l->dtype_q == MSA_DT_FP8_E4M3) {
-			msa_fmt(why, n, "dense_fwd needs q and kv of one 16-bit type");
+	case MSA_K_SPARSE_FWD:
+		if (l->dtype_q != l->dtype_kv) {
+			msa_fmt(why, n, "attention needs q and kv of one type");
 			return 0;
 		}
+		return 1;
+	case MSA_K_INDEX_SCORES:
+	case MSA_K_INDEX_TOPK:
+	case MSA_K_TOPK:
+	case MSA_K_COMBINE:
 		return 1;
 	default:
 		return 0;
@@ -100,18 +114,48 @@ void msa_variant_name(const msa_variant *v, char *buf, size_t n)
 
 	if (n == 0)
 		return;
+	unsigned fl = f ? f->fields : 0;
 	nb_str(&b, f ? f->name : "?");
-	nb_str(&b, ".");
-	nb_str(&b, msa_dtype_name(l->dtype_q));
-	nb_str(&b, ".");
-	nb_str(&b, msa_dtype_name(l->dtype_out));
-	nb_str(&b, ".hq");
-	nb_int(&b, l->heads_q);
-	nb_str(&b, ".hkv");
-	nb_int(&b, l->heads_kv);
-	nb_str(&b, ".d");
-	nb_int(&b, l->head_dim);
-	nb_str(&b, v->causal ? ".causal" : ".full");
+	if (fl & MSA_F_DTQ) {
+		nb_str(&b, ".");
+		nb_str(&b, msa_dtype_name(l->dtype_q));
+	}
+	if (fl & MSA_F_DTIDX) {
+		nb_str(&b, ".i");
+		nb_str(&b, msa_dtype_name(l->dtype_index));
+	}
+	if (fl & MSA_F_DTOUT) {
+		nb_str(&b, ".");
+		nb_str(&b, msa_dtype_name(l->dtype_out));
+	}
+	if (fl & MSA_F_HEADS) {
+		nb_str(&b, ".hq");
+		nb_int(&b, l->heads_q);
+		nb_str(&b, ".hkv");
+		nb_int(&b, l->heads_kv);
+	}
+	if (fl & MSA_F_D) {
+		nb_str(&b, ".d");
+		nb_int(&b, l->head_dim);
+	}
+	if (fl & MSA_F_DI) {
+		nb_str(&b, ".di");
+		nb_int(&b, l->index_dim);
+	}
+	if (fl & MSA_F_BK) {
+		nb_str(&b, ".bk");
+		nb_int(&b, l->block);
+	}
+	if (fl & MSA_F_TOPK) {
+		nb_str(&b, ".k");
+		nb_int(&b, l->topk);
+		nb_str(&b, ".l");
+		nb_int(&b, l->local_blocks);
+		nb_str(&b, "s");
+		nb_int(&b, l->sink_blocks);
+	}
+	if (fl & MSA_F_CAUSAL)
+		nb_str(&b, v->causal ? ".causal" : ".full");
 	for (int i = 0; f && i < f->ntunables; i++) {
 		nb_str(&b, ".");
 		nb_str(&b, f->tunables[i].name);
@@ -317,6 +361,14 @@ static int sb_template(sbuf *b, const char *name, const char **seen, int *nseen,
 	return MSA_OK;
 }
 
+/* Shared memory of index_topk: Q tile, two K tiles (16-bit, 64 rows each)
+ * and the per-row candidate lists (score + id), with room for alignment. */
+static int msa_index_topk_smem(const msa_layer *l)
+{
+	int kp = l->topk - l->sink_blocks - l->local_blocks;
+	return 3 * 64 * l->index_dim * 2 + 64 * (kp > 0 ? kp : 1) * 8 + 256;
+}
+
 /* Launch geometry that the runtime and the prelude share. */
 static void family_launch(const msa_variant *v, int *threads, int *smem)
 {
@@ -325,6 +377,22 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 	case MSA_K_DENSE_FWD:
 		*threads = v->tune[0] / 16 * 32;
 		*smem = (v->tune[0] + 4 * v->tune[1]) * l->head_dim * 2;
+		return;
+	case MSA_K_SPARSE_FWD: {
+		int rows = (l->group + 15) / 16 * 16;
+		*threads = rows * 2;
+		*smem = (rows + 4 * 64) * l->head_dim * 2 + (l->topk * (l->block / 64) + 1) * 4;
+		return;
+	}
+	case MSA_K_INDEX_SCORES:
+	case MSA_K_INDEX_TOPK:
+		*threads = 128;
+		*smem = msa_index_topk_smem(l);
+		return;
+	case MSA_K_TOPK:
+	case MSA_K_COMBINE:
+		*threads = 128;
+		*smem = 0;
 		return;
 	default:
 		*threads = *smem = 0;
@@ -363,6 +431,7 @@ static void sb_prelude(sbuf *b, const msa_variant *v)
 		up[k] = '\0';
 		sb_printf(b, "#define MSA_TUNE_%s %d\n", up, v->tune[i]);
 	}
+	sb_printf(b, "#define MSA_WRITE_SCORES %d\n", v->kind == MSA_K_INDEX_SCORES);
 	sb_printf(b, "#define MSA_THREADS %d\n#define MSA_SMEM_BYTES %d\n", threads, smem);
 }
 

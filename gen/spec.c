@@ -175,33 +175,54 @@ static int sb_setmetatable(lua_State *L)
 	return call_orig(L);
 }
 
-/* string.rep("", 2^62) allocates nothing and loops forever in C. */
+/* string.rep("", 2^62) allocates nothing and loops forever in C.  A result
+ * over the cap fails as the allocator would (rep's own "too large" only
+ * starts at 2 GiB). */
 static int sb_rep(lua_State *L)
 {
 	size_t len, seplen = 0;
+	lua_Integer n;
+
 	luaL_checklstring(L, 1, &len);
+	n = luaL_checkinteger(L, 2);
 	luaL_optlstring(L, 3, "", &seplen);
-	if (len + seplen == 0 && luaL_checkinteger(L, 2) > 0) {
+	if (n > 0 && len + seplen == 0) {
 		lua_pushliteral(L, "");
 		return 1;
+	}
+	if (n > 0 && (lua_Unsigned)n > SPEC_MEM_LIMIT / (len + seplen)) {
+		loader_of(L)->mem_hit = 1;
+		return luaL_error(L, MEM_MSG);
 	}
 	return call_orig(L);
 }
 
 /* table.insert(t, pos, v) and table.remove(t, pos) shift #t - pos
  * elements in C; __len could lie about #t, so only plain tables. */
-static int sb_shift(lua_State *L)
+static void charge_shift(lua_State *L)
 {
 	lua_Integer n, pos;
-	if (lua_gettop(L) < 2 || (lua_gettop(L) == 2 && lua_type(L, 2) != LUA_TNUMBER))
-		return call_orig(L);
+
 	luaL_checktype(L, 1, LUA_TTABLE);
 	if (lua_getmetatable(L, 1))
-		return luaL_error(L, "table.insert/remove at a position need a table without a metatable");
+		luaL_error(L, "table.insert/remove at a position need a table without a metatable");
 	n = (lua_Integer)lua_rawlen(L, 1);
-	pos = luaL_checkinteger(L, 2);
+	pos = luaL_optinteger(L, 2, n);
 	if (pos >= 1 && pos <= n)
 		charge(L, (lua_Unsigned)(n - pos) + 1);
+}
+
+static int sb_insert(lua_State *L)
+{
+	if (lua_gettop(L) == 3)
+		charge_shift(L);
+	return call_orig(L);
+}
+
+static int sb_remove(lua_State *L)
+{
+	if (lua_gettop(L) >= 2)
+		charge_shift(L);
 	return call_orig(L);
 }
 
@@ -244,18 +265,19 @@ static void set_fields(lua_State *L, const char *const *names, lua_CFunction fn)
 
 static int l_layer(lua_State *L);
 
-/* Nothing that reaches files, processes, other chunks or bytecode; pattern
- * matching is out too, since it can backtrack for ages inside C. */
+/* Nothing that reaches files, processes, other chunks or bytecode.  Pattern
+ * matching is out, since it can backtrack for ages inside C; so is xpcall:
+ * after the budget hook raises, hooks stay off until the error reaches a
+ * pcall, and xpcall's handler runs before that, unbounded. */
 static void open_sandbox(lua_State *L)
 {
 	static const luaL_Reg libs[] = {
 		{LUA_GNAME, luaopen_base}, {LUA_STRLIBNAME, luaopen_string},
 		{LUA_TABLIBNAME, luaopen_table}, {LUA_MATHLIBNAME, luaopen_math}};
 	static const char *const gone[] = {"dofile", "loadfile", "load", "require",
-		"collectgarbage", "warn", NULL};
+		"collectgarbage", "warn", "xpcall", NULL};
 	static const char *const gone_str[] = {"dump", "find", "match", "gmatch",
 		"gsub", "pack", "packsize", "unpack", NULL};
-	static const char *const shift[] = {"insert", "remove", NULL};
 
 	for (int i = 0; i < MSA_COUNT(libs); i++) {
 		luaL_requiref(L, libs[i].name, libs[i].func, 1);
@@ -272,7 +294,8 @@ static void open_sandbox(lua_State *L)
 	set_fields(L, gone_str, NULL);
 	set_fields(L, (const char *const[]){"rep", NULL}, sb_rep);
 	lua_getfield(L, -2, LUA_TABLIBNAME);
-	set_fields(L, shift, sb_shift);
+	set_fields(L, (const char *const[]){"insert", NULL}, sb_insert);
+	set_fields(L, (const char *const[]){"remove", NULL}, sb_remove);
 	set_fields(L, (const char *const[]){"move", NULL}, sb_move);
 	lua_pop(L, 3);
 }

@@ -25,10 +25,17 @@ int msa_module_new(msa_ctx *ctx, const msa_layer *layer, msa_module **out)
 		goto fail;
 	if ((rc = msa_cu_get(&m->cu, ctx->err, sizeof ctx->err)) != MSA_OK)
 		goto fail;
-	/* JIT at load: the layer's own dense variant. */
-	if (msa_layer_supports(layer, MSA_K_DENSE_FWD)) {
+	{
+		CUdevice d;
+		m->cu->CtxGetDevice(&d);
+		m->cu->DeviceGetAttribute(&m->sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, d);
+	}
+	/* JIT at load: every kernel the layer uses, at default tiles. */
+	for (int kind = 0; kind < MSA_K_COUNT; kind++) {
 		msa_kernel *k;
-		if ((rc = msa_module_kernel(m, MSA_K_DENSE_FWD, layer->causal, &k)) != MSA_OK)
+		if (!msa_layer_supports(layer, (msa_kind)kind))
+			continue;
+		if ((rc = msa_module_kernel(m, (msa_kind)kind, layer->causal, &k)) != MSA_OK)
 			goto fail;
 	}
 	*out = m;
@@ -51,7 +58,7 @@ int msa_module_kernel(msa_module *m, msa_kind kind, int causal, msa_kernel **out
 }
 
 /* Check batch+1 cumulative lengths; gives the longest q and totals. */
-static int check_lengths(msa_ctx *ctx, int batch, const int *cu_q, const int *cu_kv,
+int msa_check_lengths(msa_ctx *ctx, int batch, const int *cu_q, const int *cu_kv,
 			 int causal, int *max_q)
 {
 	if (batch < 1)
@@ -93,7 +100,10 @@ int msa_dense_plan_new(msa_module *mod, int batch, const int *cu_q, const int *c
 		return msa_ctx_fail(ctx, MSA_EUNSUPPORTED, "layer %s: no dense kernel for dtype q=%s kv=%s",
 				    mod->layer.name, msa_dtype_name(mod->layer.dtype_q),
 				    msa_dtype_name(mod->layer.dtype_kv));
-	if ((rc = check_lengths(ctx, batch, cu_q, cu_kv, causal, &max_q)) != MSA_OK)
+	if (mod->layer.dtype_q == MSA_DT_FP8_E4M3)
+		return msa_ctx_fail(ctx, MSA_EUNSUPPORTED, "msa_dense_plan_new: fp8 layers need msa_plan_new "
+				    "(it takes the dequantisation scales)");
+	if ((rc = msa_check_lengths(ctx, batch, cu_q, cu_kv, causal, &max_q)) != MSA_OK)
 		return rc;
 	if (!(p = calloc(1, sizeof *p)))
 		return msa_ctx_fail(ctx, MSA_ENOMEM, "out of memory");
@@ -137,9 +147,10 @@ int msa_dense_run(msa_dense_plan *p, const void *q, const void *k, const void *v
 {
 	msa_ctx *ctx;
 	CUdeviceptr cq, ck;
-	void *args[9];
+	void *args[12], *nopages = NULL;
 	unsigned grid_x;
-	int causal;
+	int causal, zero = 0;
+	float one = 1.f;
 
 	if (!p)
 		return MSA_EINVAL;
@@ -159,8 +170,11 @@ int msa_dense_run(msa_dense_plan *p, const void *q, const void *k, const void *v
 	args[4] = &lse;
 	args[5] = &cq;
 	args[6] = &ck;
-	args[7] = &p->scale_log2;
-	args[8] = &causal;
+	args[7] = &nopages;
+	args[8] = &zero;
+	args[9] = &p->scale_log2;
+	args[10] = &one;
+	args[11] = &causal;
 	grid_x = (unsigned)((p->max_q + p->k->tune[0] - 1) / p->k->tune[0]);	/* block_m */
 	return msa_launch(ctx, p->k, grid_x, (unsigned)p->mod->layer.heads_q, (unsigned)p->batch,
 			  args, stream);

@@ -103,6 +103,11 @@ int msa_disk_clear(const char *dir);
 
 typedef enum msa_kind {
 	MSA_K_DENSE_FWD = 0,
+	MSA_K_INDEX_SCORES,
+	MSA_K_INDEX_TOPK,
+	MSA_K_TOPK,
+	MSA_K_SPARSE_FWD,
+	MSA_K_COMBINE,
 	MSA_K_COUNT
 } msa_kind;
 
@@ -115,8 +120,15 @@ typedef struct msa_tunable {
 	int allowed[8];		/* values the template supports */
 } msa_tunable;
 
+/* Which layer fields make a family's variants differ (for the name). */
+enum {
+	MSA_F_DTQ = 1, MSA_F_DTOUT = 2, MSA_F_DTIDX = 4, MSA_F_HEADS = 8, MSA_F_D = 16,
+	MSA_F_DI = 32, MSA_F_BK = 64, MSA_F_TOPK = 128, MSA_F_CAUSAL = 256
+};
+
 typedef struct msa_family {
 	const char *name;	/* "dense_fwd": spec tune key and variant prefix */
+	unsigned fields;	/* MSA_F_* in the variant name */
 	const char *template_name;	/* file under templates/ */
 	const char *entry;	/* extern "C" __global__ name */
 	int ntunables;
@@ -291,6 +303,7 @@ struct msa_module {
 	msa_layer layer;
 	char arch[16];
 	const msa_cu *cu;
+	int sms;		/* multiprocessors of the device */
 };
 
 struct msa_dense_plan {
@@ -301,9 +314,26 @@ struct msa_dense_plan {
 	CUdeviceptr dev_cu;	/* cu_q then cu_kv, batch+1 ints each */
 };
 
+/* Check batch+1 cumulative lengths on the host; gives the longest q. */
+int msa_check_lengths(msa_ctx *ctx, int batch, const int *cu_q, const int *cu_kv, int causal,
+		      int *max_q);
 /* The module's kernel of a family at default tunables. */
 int msa_module_kernel(msa_module *m, msa_kind kind, int causal, msa_kernel **out);
 int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsigned gz,
 	       void **args, void *stream);
+
+/* ------------------------------------------------------------ msa.c */
+
+struct msa_plan {
+	msa_module *mod;
+	msa_kernel *k_scores, *k_itopk, *k_topk, *k_sparse, *k_combine, *k_dense;
+	int batch, max_q, total_q, total_kv, nb_max, nsplit, pages_per_req;
+	int paged;
+	float scale_log2, out_scale, idx_scale;	/* with fp8 widening folded in */
+	CUdeviceptr dev;	/* cu_q, cu_kv, page table */
+	CUdeviceptr cu_q, cu_kv, pages;
+	CUdeviceptr ids;	/* [Hi, total_q, k] workspace of msa_attention */
+	CUdeviceptr part_o, part_lse;	/* split partials */
+};
 
 #endif

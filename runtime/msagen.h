@@ -166,6 +166,57 @@ int msa_dense_run(msa_dense_plan *plan, const void *q, const void *k,
 		  const void *v, void *out, float *lse, void *stream);
 void msa_dense_plan_free(msa_dense_plan *plan);
 
+/* ---------------------------------------------------------------- MSA */
+
+/* A batch for the MSA and dense entry points: ragged lengths, and the KV
+ * layout.  Without a page table, KV is contiguous:
+ *   k, v [total_kv, Hkv, D]     index keys ki [total_kv, Di]
+ * With one (decode, or prefill over a paged cache), pages of one block:
+ *   k, v [num_pages, Hkv, Bk, D]  ki [num_pages, Bk, Di]
+ * and block b of request r lives in page page_table[r * pages_per_req + b].
+ * Always: q [total_q, Hq, D], qi [total_q, Hi, Di], ids [Hi, total_q, k]
+ * (int32, -1 unused), scores [Hi, total_q, nb_max] (float), out [total_q,
+ * Hq, D], lse [total_q, Hq] (float, natural log).  Query i of a request is
+ * at position kv_len - q_len + i (bottom-right causal; kv_len >= q_len). */
+typedef struct msa_batch {
+	int batch;
+	const int *cu_q;	/* host, batch+1 cumulative query counts */
+	const int *cu_kv;	/* host, batch+1 cumulative key counts */
+	const int *page_table;	/* host [batch, pages_per_req], or NULL */
+	int pages_per_req;
+	int num_pages;		/* pages in the cache (page ids are checked) */
+	/* fp8 e4m3 per-tensor dequantisation scales; 0 means 1 */
+	float scale_q, scale_k, scale_v, scale_qi, scale_ki;
+	int nsplit;		/* sparse split-KV count; 0: the plan picks */
+} msa_batch;
+
+typedef struct msa_plan msa_plan;
+
+/* Checks the batch, copies lengths and page table to the device and sizes
+ * the workspace; the run calls below only launch (CUDA-graph safe). */
+int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out);
+void msa_plan_free(msa_plan *plan);
+/* Last dimension of the score tensor: the most blocks of any request. */
+int msa_plan_nb_max(const msa_plan *plan);
+int msa_plan_nsplit(const msa_plan *plan);
+
+/* Index branch: block scores (max over a block's visible keys of qi.ki). */
+int msa_index_scores(msa_plan *p, const void *qi, const void *ki, float *scores, void *stream);
+/* Exp-free top-k over given scores (standalone form). */
+int msa_topk(msa_plan *p, const float *scores, int32_t *ids, void *stream);
+/* Index branch fused with top-k: scores never reach memory. */
+int msa_index_topk(msa_plan *p, const void *qi, const void *ki, int32_t *ids, void *stream);
+/* Main branch over given block ids. */
+int msa_sparse_attn(msa_plan *p, const void *q, const void *k, const void *v,
+		    const int32_t *ids, void *out, float *lse, void *stream);
+/* The whole layer: fused index + top-k into the plan's workspace, then the
+ * main branch (and the split combine when the plan splits). */
+int msa_attention(msa_plan *p, const void *qi, const void *ki, const void *q, const void *k,
+		  const void *v, void *out, float *lse, void *stream);
+/* Dense attention over the plan's KV layout (causal as the layer says). */
+int msa_dense(msa_plan *p, const void *q, const void *k, const void *v, void *out,
+	      float *lse, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

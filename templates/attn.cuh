@@ -5,19 +5,39 @@
 #pragma once
 #include "common.cuh"
 
-// Copy ROWS rows of a [ROWS][COLS] 16-bit tile with cp.async; rowptr(r)
-// gives the row's global address or nullptr for a zero row.
-template <int ROWS, int COLS, int NT, typename F>
+// Copy ROWS rows of a [ROWS][COLS] 16-bit tile; rowptr(r) gives the row's
+// global address or nullptr for a zero row.  16-bit sources go through
+// cp.async; fp8 e4m3 (DT 2) is loaded, widened to fp16 bits and stored.
+// The widening h = (sign << 15) | (e4m3 & 0x7f) << 7 is exact and gives the
+// e4m3 value / 256, so callers fold 256 per fp8 operand into their scales.
+template <int ROWS, int COLS, int NT, int DT, typename F>
 __device__ __forceinline__ void tile_load(u16 *tile, const void *any, F rowptr)
 {
 	const int chunks = COLS / 8;
 	for (int i = threadIdx.x; i < ROWS * chunks; i += NT) {
 		int r = i / chunks, c = i % chunks;
-		const u16 *p = (const u16 *)rowptr(r);
-		cp_async16(smem_u32(tile) + swz<COLS>(r, c * 8), p ? (const void *)(p + c * 8) : any,
-			   p ? 16 : 0);
+		const u8 *p = (const u8 *)rowptr(r);
+		u32 dst = smem_u32(tile) + swz<COLS>(r, c * 8);
+		if (DT != 2) {
+			cp_async16(dst, p ? (const void *)(p + c * 16) : any, p ? 16 : 0);
+		} else {
+			uint2 raw = p ? *reinterpret_cast<const uint2 *>(p + c * 8) : make_uint2(0, 0);
+			u32 w[4];
+#pragma unroll
+			for (int h = 0; h < 4; h++) {
+				u32 x = h < 2 ? raw.x : raw.y;
+				u32 b0 = (x >> ((h & 1) * 16)) & 0xff, b1 = (x >> ((h & 1) * 16 + 8)) & 0xff;
+				w[h] = ((b0 & 0x80) << 8 | (b0 & 0x7f) << 7) | ((b1 & 0x80) << 8 | (b1 & 0x7f) << 7) << 16;
+			}
+			asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};\n"
+				     :: "r"(dst), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]));
+		}
 	}
 }
+
+// The matrix-instruction type for a storage type: fp8 is widened to fp16.
+#define MMA_DT(dt) ((dt) == 2 ? 1 : (dt))
+#define ELEM_BYTES(dt) ((dt) == 2 ? 1 : 2)
 
 // The A fragments of 16 rows x D columns of a swizzled tile, from row r0.
 template <int D>

@@ -6,18 +6,44 @@
 
 #ifndef MSA_HQ
 #define MSA_HQ 8
+#endif
+#ifndef MSA_HKV
 #define MSA_HKV 2
+#endif
+#ifndef MSA_D
 #define MSA_D 128
+#endif
+#ifndef MSA_DI
 #define MSA_DI 128
+#endif
+#ifndef MSA_BLOCK
 #define MSA_BLOCK 128
+#endif
+#ifndef MSA_TOPK
 #define MSA_TOPK 16
+#endif
+#ifndef MSA_LOCAL
 #define MSA_LOCAL 1
+#endif
+#ifndef MSA_SINK
 #define MSA_SINK 0
+#endif
+#ifndef MSA_DT_Q
 #define MSA_DT_Q 0
+#endif
+#ifndef MSA_DT_KV
 #define MSA_DT_KV 0
+#endif
+#ifndef MSA_DT_INDEX
 #define MSA_DT_INDEX 0
+#endif
+#ifndef MSA_DT_OUT
 #define MSA_DT_OUT 0
+#endif
+#ifndef MSA_CAUSAL
 #define MSA_CAUSAL 1
+#endif
+#ifndef MSA_ARCH
 #define MSA_ARCH 900
 #endif
 #define MSA_G (MSA_HQ / MSA_HKV)

@@ -19,10 +19,12 @@
 #define NWARPS (BM / 16)
 #define NTHREADS (NWARPS * 32)
 
-typedef dtype_traits<MSA_DT_Q>::T elem_t;
+typedef u8 elem_t;	// addressed in bytes: 16-bit or fp8 storage
 typedef dtype_traits<MSA_DT_OUT>::T out_t;
+#define ES ELEM_BYTES(MSA_DT_Q)
+#define MDT MMA_DT(MSA_DT_Q)
 
-static_assert(MSA_DT_Q == MSA_DT_KV && MSA_DT_Q < 2, "dense_fwd: q and kv must be the same 16-bit type");
+static_assert(MSA_DT_Q == MSA_DT_KV, "dense_fwd: q and kv must have one type");
 static_assert(D == 64 || D == 128, "dense_fwd: head dim 64 or 128");
 static_assert(BM % 16 == 0 && BN % 16 == 0, "dense_fwd: tiles are multiples of 16");
 
@@ -39,7 +41,8 @@ extern "C" __global__ void __launch_bounds__(NTHREADS)
 msa_dense_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	      const elem_t *__restrict__ v, out_t *__restrict__ out,
 	      float *__restrict__ lse, const int *__restrict__ cu_q,
-	      const int *__restrict__ cu_kv, float scale_log2, int causal)
+	      const int *__restrict__ cu_kv, const int *__restrict__ page_table,
+	      int pt_stride, float scale_log2, float out_scale, int causal)
 {
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	smem_t &sm = *reinterpret_cast<smem_t *>(smem_raw);
@@ -59,21 +62,30 @@ msa_dense_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		kend = min(kv_len, shift + min(m0 + BM, q_len));
 	const int ntiles = kend > 0 ? (kend + BN - 1) / BN : 0;
 
-	const int qstride = MSA_HQ * D, kstride = MSA_HKV * D;
-	const elem_t *qb = q + (size_t)q0 * qstride + hq * D;
-	const elem_t *kb = k + (size_t)k0 * kstride + hk * D;
-	const elem_t *vb = v + (size_t)k0 * kstride + hk * D;
+	// Row addresses in bytes; paged KV: key j of request b is row j % BLOCK
+	// of page page_table[b * pt_stride + j / BLOCK], pages [n, Hkv, BLOCK, D].
+	const size_t qstride = (size_t)MSA_HQ * D * ES;
+	const elem_t *qb = q + (size_t)q0 * qstride + (size_t)hq * D * ES;
 	auto qrow = [&](int r) { return m0 + r < q_len ? qb + (size_t)(m0 + r) * qstride : nullptr; };
 	auto krow = [&](const elem_t *base, int n0) {
-		return [=](int r) { return n0 + r < kv_len ? base + (size_t)(n0 + r) * kstride : nullptr; };
+		return [=](int r) -> const elem_t * {
+			int j = n0 + r;
+			if (j >= kv_len)
+				return nullptr;
+			if (!page_table)
+				return base + ((size_t)(k0 + j) * MSA_HKV + hk) * D * ES;
+			size_t page = (size_t)page_table[(size_t)b * pt_stride + j / MSA_BLOCK];
+			return base + ((page * MSA_HKV + hk) * MSA_BLOCK + j % MSA_BLOCK) * D * ES;
+		};
 	};
+	const elem_t *kb = k, *vb = v;
 
-	tile_load<BM, D, NTHREADS>(sm.q, q, qrow);
+	tile_load<BM, D, NTHREADS, MSA_DT_Q>(sm.q, q, qrow);
 	if (ntiles > 0)
-		tile_load<BN, D, NTHREADS>(sm.k[0], q, krow(kb, 0));
+		tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.k[0], q, krow(kb, 0));
 	cp_async_commit();
 	if (ntiles > 0)
-		tile_load<BN, D, NTHREADS>(sm.v[0], q, krow(vb, 0));
+		tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.v[0], q, krow(vb, 0));
 	cp_async_commit();
 	cp_async_wait<1>();
 	__syncthreads();
@@ -94,24 +106,24 @@ msa_dense_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		cp_async_wait<1>();
 		__syncthreads();
 		if (it + 1 < ntiles)
-			tile_load<BN, D, NTHREADS>(sm.k[stg ^ 1], q, krow(kb, n0 + BN));
+			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.k[stg ^ 1], q, krow(kb, n0 + BN));
 		cp_async_commit();
 
 		float s[BN / 8][4];
-		qk_tile<D, BN, MSA_DT_Q>(qa, sm.k[stg], s, lane);
+		qk_tile<D, BN, MDT>(qa, sm.k[stg], s, lane);
 		scale_mask<BN>(s, scale_log2, lane, [&](int half, int col) {
 			int j = n0 + col;
 			return j < kv_len && j <= lim_a + (causal ? half * 8 : 0);
 		});
 		u32 pa[BN / 16][4];
-		online_softmax<D, BN, MSA_DT_Q>(s, st, o, pa);
+		online_softmax<D, BN, MDT>(s, st, o, pa);
 
 		cp_async_wait<1>();
 		__syncthreads();
 		if (it + 1 < ntiles)
-			tile_load<BN, D, NTHREADS>(sm.v[stg ^ 1], q, krow(vb, n0 + BN));
+			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.v[stg ^ 1], q, krow(vb, n0 + BN));
 		cp_async_commit();
-		pv_tile<D, BN, MSA_DT_Q>(pa, sm.v[stg], o, lane);
+		pv_tile<D, BN, MDT>(pa, sm.v[stg], o, lane);
 	}
 	cp_async_wait<0>();
 
@@ -123,7 +135,7 @@ msa_dense_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		const int row = row_a + r * 8;
 		if (row < q_len) {
 			size_t at = (size_t)(q0 + row) * MSA_HQ + hq;
-			store_row<D, MSA_DT_OUT>(o, r, inv, out + at * D, lane);
+			store_row<D, MSA_DT_OUT>(o, r, inv * out_scale, out + at * D, lane);
 			if (lane % 4 == 0)
 				lse[at] = l;
 		}

@@ -1,0 +1,272 @@
+/* msa.c - the MSA entry points: a plan per batch (lengths, page table,
+ * workspace, split count) and run calls that only launch. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static float one_if_zero(float x)
+{
+	return x > 0.f ? x : 1.f;
+}
+
+/* Page ids every request needs must exist in the cache. */
+static int check_pages(msa_ctx *ctx, const msa_batch *b, int block)
+{
+	if (!b->page_table)
+		return MSA_OK;
+	if (b->num_pages < 1)
+		return msa_ctx_fail(ctx, MSA_EINVAL, "num_pages = %d must be >= 1 with a page table",
+				    b->num_pages);
+	for (int r = 0; r < b->batch; r++) {
+		int kl = b->cu_kv[r + 1] - b->cu_kv[r], need = (kl + block - 1) / block;
+		if (need > b->pages_per_req)
+			return msa_ctx_fail(ctx, MSA_EINVAL, "request %d: kv_len %d needs %d pages, "
+					    "pages_per_req is %d", r, kl, need, b->pages_per_req);
+		for (int i = 0; i < need; i++) {
+			int pg = b->page_table[(size_t)r * b->pages_per_req + i];
+			if (pg < 0 || pg >= b->num_pages)
+				return msa_ctx_fail(ctx, MSA_EINVAL, "page_table[%d][%d] = %d is outside "
+						    "[0, num_pages = %d)", r, i, pg, b->num_pages);
+		}
+	}
+	return MSA_OK;
+}
+
+static int plan_kernels(msa_plan *p)
+{
+	msa_module *m = p->mod;
+	int c = m->layer.causal, rc;
+	if ((rc = msa_module_kernel(m, MSA_K_INDEX_SCORES, c, &p->k_scores)) ||
+	    (rc = msa_module_kernel(m, MSA_K_INDEX_TOPK, c, &p->k_itopk)) ||
+	    (rc = msa_module_kernel(m, MSA_K_TOPK, c, &p->k_topk)) ||
+	    (rc = msa_module_kernel(m, MSA_K_COMBINE, c, &p->k_combine)))
+		return rc;
+	if (msa_layer_supports(&m->layer, MSA_K_SPARSE_FWD) &&
+	    ((rc = msa_module_kernel(m, MSA_K_SPARSE_FWD, c, &p->k_sparse)) ||
+	     (rc = msa_module_kernel(m, MSA_K_DENSE_FWD, c, &p->k_dense))))
+		return rc;
+	return MSA_OK;
+}
+
+/* Few (query, group) pairs leave the GPU idle: split the k slots. */
+static int pick_nsplit(const msa_plan *p, int want)
+{
+	const msa_layer *l = &p->mod->layer;
+	long ctas = (long)p->total_q * l->heads_kv;
+	int n = 1;
+	if (want > 0)
+		return want < l->topk ? want : l->topk;
+	while (n < l->topk && ctas * n < 2L * p->mod->sms)
+		n *= 2;
+	return n < l->topk ? n : l->topk;
+}
+
+static void plan_scales(msa_plan *p, const msa_batch *b)
+{
+	const msa_layer *l = &p->mod->layer;
+	double s = l->scale, widen = 256.0;	/* fp8 -> fp16 bits divides by 256 */
+	if (l->dtype_q == MSA_DT_FP8_E4M3)
+		s *= one_if_zero(b->scale_q) * one_if_zero(b->scale_k) * widen * widen;
+	p->scale_log2 = (float)(s / log(2.0));
+	p->out_scale = l->dtype_kv == MSA_DT_FP8_E4M3 ? (float)(one_if_zero(b->scale_v) * widen) : 1.f;
+	p->idx_scale = l->dtype_index == MSA_DT_FP8_E4M3
+			       ? one_if_zero(b->scale_qi) * one_if_zero(b->scale_ki)
+			       : 1.f;	/* the kernel folds the fp8 widening itself */
+}
+
+static int plan_upload(msa_plan *p, const msa_batch *b)
+{
+	const msa_layer *l = &p->mod->layer;
+	const msa_cu *cu = p->mod->cu;
+	msa_ctx *ctx = p->mod->ctx;
+	size_t nc = sizeof(int) * (size_t)(b->batch + 1);
+	size_t npt = p->paged ? sizeof(int) * (size_t)b->batch * (size_t)b->pages_per_req : 0;
+	size_t nids = sizeof(int) * (size_t)l->heads_kv * (size_t)p->total_q * (size_t)l->topk;
+	int rc;
+
+	rc = msa_cu_check(cu->MemAlloc(&p->dev, 2 * nc + npt + nids + 16), "cuMemAlloc(plan)",
+			  ctx->err, sizeof ctx->err);
+	if (rc)
+		return rc;
+	p->cu_q = p->dev;
+	p->cu_kv = p->dev + nc;
+	p->pages = npt ? p->dev + 2 * nc : 0;
+	p->ids = p->dev + 2 * nc + npt;
+	if ((rc = msa_cu_check(cu->MemcpyHtoD(p->cu_q, b->cu_q, nc), "cuMemcpyHtoD", ctx->err, sizeof ctx->err)) ||
+	    (rc = msa_cu_check(cu->MemcpyHtoD(p->cu_kv, b->cu_kv, nc), "cuMemcpyHtoD", ctx->err, sizeof ctx->err)))
+		return rc;
+	if (npt && (rc = msa_cu_check(cu->MemcpyHtoD(p->pages, b->page_table, npt), "cuMemcpyHtoD",
+				      ctx->err, sizeof ctx->err)))
+		return rc;
+	if (p->nsplit > 1) {
+		size_t rows = (size_t)p->total_q * l->heads_q * (size_t)p->nsplit;
+		rc = msa_cu_check(cu->MemAlloc(&p->part_o, rows * (size_t)l->head_dim * 4 + rows * 4 + 16),
+				  "cuMemAlloc(split partials)", ctx->err, sizeof ctx->err);
+		p->part_lse = p->part_o + rows * (size_t)l->head_dim * 4;
+	}
+	return rc;
+}
+
+int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
+{
+	msa_plan *p;
+	msa_ctx *ctx;
+	int rc, max_q = 0, max_kv = 0;
+
+	if (!mod || !out)
+		return mod ? msa_ctx_fail(mod->ctx, MSA_EINVAL, "msa_plan_new: out is NULL") : MSA_EINVAL;
+	ctx = mod->ctx;
+	*out = NULL;
+	if (!b)
+		return msa_ctx_fail(ctx, MSA_EINVAL, "msa_plan_new: batch is NULL");
+	if ((rc = msa_check_lengths(ctx, b->batch, b->cu_q, b->cu_kv, mod->layer.causal, &max_q)) ||
+	    (rc = check_pages(ctx, b, mod->layer.block)))
+		return rc;
+	if (!(p = calloc(1, sizeof *p)))
+		return msa_ctx_fail(ctx, MSA_ENOMEM, "out of memory");
+	p->mod = mod;
+	p->batch = b->batch;
+	p->max_q = max_q;
+	p->total_q = b->cu_q[b->batch];
+	p->total_kv = b->cu_kv[b->batch];
+	p->paged = b->page_table != NULL;
+	p->pages_per_req = b->pages_per_req;
+	for (int r = 0; r < b->batch; r++)
+		if (b->cu_kv[r + 1] - b->cu_kv[r] > max_kv)
+			max_kv = b->cu_kv[r + 1] - b->cu_kv[r];
+	p->nb_max = (max_kv + mod->layer.block - 1) / mod->layer.block;
+	p->nsplit = pick_nsplit(p, b->nsplit);
+	plan_scales(p, b);
+	if ((rc = plan_kernels(p)) || (rc = plan_upload(p, b))) {
+		msa_plan_free(p);
+		return rc;
+	}
+	*out = p;
+	return MSA_OK;
+}
+
+void msa_plan_free(msa_plan *p)
+{
+	if (!p)
+		return;
+	if (p->dev)
+		p->mod->cu->MemFree(p->dev);
+	if (p->part_o)
+		p->mod->cu->MemFree(p->part_o);
+	free(p);
+}
+
+int msa_plan_nb_max(const msa_plan *p)
+{
+	return p ? p->nb_max : -1;
+}
+
+int msa_plan_nsplit(const msa_plan *p)
+{
+	return p ? p->nsplit : -1;
+}
+
+/* NULL device pointers get a message naming the argument; names holds
+ * the argument names separated by single spaces. */
+static int need(msa_plan *p, const char *fn, int n, const void *const *ptrs, const char *names)
+{
+	if (!p)
+		return MSA_EINVAL;
+	for (int i = 0; i < n; i++, names += strcspn(names, " ") + (names[strcspn(names, " ")] != 0))
+		if (!ptrs[i])
+			return msa_ctx_fail(p->mod->ctx, MSA_EINVAL, "%s: %.*s is NULL", fn,
+					    (int)strcspn(names, " "), names);
+	return MSA_OK;
+}
+
+#define NEED(p, fn, names, ...)                                           \
+	do {                                                              \
+		const void *ptrs_[] = {__VA_ARGS__};                      \
+		int rc_ = need(p, fn, MSA_COUNT(ptrs_), ptrs_, names);   \
+		if (rc_)                                                  \
+			return rc_;                                       \
+	} while (0)
+
+static int run_index(msa_plan *p, msa_kernel *k, const void *qi, const void *ki, int32_t *ids,
+		     float *scores, void *stream)
+{
+	const msa_layer *l = &p->mod->layer;
+	CUdeviceptr pt = p->pages;
+	int stride = p->pages_per_req, nbs = p->nb_max;
+	void *args[] = {&qi, &ki, &p->cu_q, &p->cu_kv, &pt, &stride, &p->idx_scale, &ids, &scores, &nbs};
+	if (p->max_q == 0)
+		return MSA_OK;
+	return msa_launch(p->mod->ctx, k, (unsigned)((p->max_q + 63) / 64), (unsigned)l->heads_kv,
+			  (unsigned)p->batch, args, stream);
+}
+
+int msa_index_scores(msa_plan *p, const void *qi, const void *ki, float *scores, void *stream)
+{
+	NEED(p, "msa_index_scores", "qi ki scores", qi, ki, scores);
+	return run_index(p, p->k_scores, qi, ki, NULL, scores, stream);
+}
+
+int msa_index_topk(msa_plan *p, const void *qi, const void *ki, int32_t *ids, void *stream)
+{
+	NEED(p, "msa_index_topk", "qi ki ids", qi, ki, ids);
+	return run_index(p, p->k_itopk, qi, ki, ids, NULL, stream);
+}
+
+int msa_topk(msa_plan *p, const float *scores, int32_t *ids, void *stream)
+{
+	NEED(p, "msa_topk", "scores ids", scores, ids);
+	int nbs = p->nb_max, rows = p->mod->layer.heads_kv * p->total_q;
+	void *args[] = {&scores, &nbs, &p->cu_q, &p->cu_kv, &p->batch, &p->total_q, &ids};
+	if (rows == 0)
+		return MSA_OK;
+	return msa_launch(p->mod->ctx, p->k_topk, (unsigned)((rows + 3) / 4), 1, 1, args, stream);
+}
+
+int msa_sparse_attn(msa_plan *p, const void *q, const void *k, const void *v, const int32_t *ids,
+		    void *out, float *lse, void *stream)
+{
+	NEED(p, "msa_sparse_attn", "q k v ids out lse", q, k, v, ids, out, lse);
+	const msa_layer *l = &p->mod->layer;
+	CUdeviceptr pt = p->pages;
+	int stride = p->pages_per_req, rows = p->total_q * l->heads_q, rc;
+	void *args[] = {&q, &k, &v, &ids, &p->cu_q, &p->cu_kv, &p->batch, &pt, &stride,
+			&p->scale_log2, &p->out_scale, &p->total_q, &out, &lse, &p->part_o, &p->part_lse};
+	if (!p->k_sparse)
+		return msa_ctx_fail(p->mod->ctx, MSA_EUNSUPPORTED, "layer %s: no sparse kernel", l->name);
+	if (p->total_q == 0)
+		return MSA_OK;
+	rc = msa_launch(p->mod->ctx, p->k_sparse, (unsigned)p->total_q, (unsigned)l->heads_kv,
+			(unsigned)p->nsplit, args, stream);
+	if (rc || p->nsplit == 1)
+		return rc;
+	void *cargs[] = {&p->part_o, &p->part_lse, &p->nsplit, &rows, &out, &lse};
+	return msa_launch(p->mod->ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cargs, stream);
+}
+
+int msa_attention(msa_plan *p, const void *qi, const void *ki, const void *q, const void *k,
+		  const void *v, void *out, float *lse, void *stream)
+{
+	NEED(p, "msa_attention", "qi ki q k v out lse", qi, ki, q, k, v, out, lse);
+	int32_t *ids = (int32_t *)(uintptr_t)p->ids;
+	int rc = run_index(p, p->k_itopk, qi, ki, ids, NULL, stream);
+	return rc ? rc : msa_sparse_attn(p, q, k, v, ids, out, lse, stream);
+}
+
+int msa_dense(msa_plan *p, const void *q, const void *k, const void *v, void *out, float *lse,
+	      void *stream)
+{
+	NEED(p, "msa_dense", "q k v out lse", q, k, v, out, lse);
+	const msa_layer *l = &p->mod->layer;
+	CUdeviceptr pt = p->pages;
+	int stride = p->pages_per_req, causal = l->causal;
+	void *args[] = {&q, &k, &v, &out, &lse, &p->cu_q, &p->cu_kv, &pt, &stride,
+			&p->scale_log2, &p->out_scale, &causal};
+	if (!p->k_dense)
+		return msa_ctx_fail(p->mod->ctx, MSA_EUNSUPPORTED, "layer %s: no dense kernel", l->name);
+	if (p->max_q == 0)
+		return MSA_OK;
+	return msa_launch(p->mod->ctx, p->k_dense, (unsigned)((p->max_q + p->k_dense->tune[0] - 1) / p->k_dense->tune[0]),
+			  (unsigned)l->heads_q, (unsigned)p->batch, args, stream);
+}

@@ -1,0 +1,160 @@
+// sparse_fwd.cu - the MSA main branch, query-outer: one CTA takes one query
+// token and one KV group, packs the group's G query heads into the rows of
+// its warps (16 per warp; rows >= G are padding) and folds in the group's
+// selected blocks, causal inside them.  With nsplit > 1 the selected slots
+// are split over CTAs (decode with few queries) and each writes a partial
+// (o, lse) that msa_combine merges.  KV is contiguous or paged.
+#include "attn.cuh"
+
+#define D MSA_D
+#define BN 64
+#define BK MSA_BLOCK
+#define K MSA_TOPK
+#define NWARPS ((MSA_G + 15) / 16)
+#define NTHREADS (NWARPS * 32)
+#define ROWS (NWARPS * 16)
+#define ES ELEM_BYTES(MSA_DT_Q)
+#define MDT MMA_DT(MSA_DT_Q)
+#define SUBS (BK / BN)
+
+typedef u8 elem_t;
+typedef dtype_traits<MSA_DT_OUT>::T out_t;
+
+static_assert(MSA_DT_Q == MSA_DT_KV, "sparse_fwd: q and kv must have one type");
+static_assert(BK % BN == 0, "sparse_fwd: block size is a multiple of 64");
+
+struct smem_t {
+	u16 q[ROWS * D];
+	u16 k[2][BN * D];
+	u16 v[2][BN * D];
+	int tile_start[K * SUBS];	// first key of each tile to visit
+	int ntiles;
+};
+#ifdef MSA_SMEM_BYTES
+static_assert(sizeof(smem_t) <= MSA_SMEM_BYTES, "sparse_fwd: generator's shared-memory size is too small");
+#endif
+
+__device__ __forceinline__ int find_request(const int *cu_q, int batch, int t)
+{
+	int lo = 0, hi = batch - 1;
+	while (lo < hi) {
+		int mid = (lo + hi + 1) / 2;
+		if (cu_q[mid] <= t)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	return lo;
+}
+
+extern "C" __global__ void __launch_bounds__(NTHREADS)
+msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
+	       const elem_t *__restrict__ v, const int *__restrict__ ids,
+	       const int *__restrict__ cu_q, const int *__restrict__ cu_kv, int batch,
+	       const int *__restrict__ page_table, int pt_stride, float scale_log2,
+	       float out_scale, int total_q, out_t *__restrict__ out, float *__restrict__ lse,
+	       float *__restrict__ part_o, float *__restrict__ part_lse)
+{
+	extern __shared__ __align__(128) unsigned char smem_raw[];
+	smem_t &sm = *reinterpret_cast<smem_t *>(smem_raw);
+	const int t = blockIdx.x, g = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
+	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+	const int r = find_request(cu_q, batch, t);
+	const int q_len = cu_q[r + 1] - cu_q[r], k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
+	const int p = kv_len - q_len + (t - cu_q[r]);	// last key this query sees
+
+	// The tiles of this split's slots: valid, visible, not already chosen
+	// by an earlier slot (a repeated block counts once).
+	if (threadIdx.x == 0) {
+		const int *row = ids + ((size_t)g * total_q + t) * K;
+		int n = 0;
+		for (int s = split * K / nsplit; s < (split + 1) * K / nsplit; s++) {
+			int b = row[s], dup = 0;
+			if (b < 0 || b * BK > p || b * BK >= kv_len)
+				continue;
+			for (int e = 0; e < s; e++)
+				dup |= row[e] == b;
+			for (int sub = 0; !dup && sub < SUBS && b * BK + sub * BN <= p; sub++)
+				sm.tile_start[n++] = b * BK + sub * BN;
+		}
+		sm.ntiles = n;
+	}
+	const size_t qstride = (size_t)MSA_HQ * D * ES;
+	const elem_t *qb = q + (size_t)t * qstride + (size_t)g * MSA_G * D * ES;
+	tile_load<ROWS, D, NTHREADS, MSA_DT_Q>(sm.q, q, [&](int row) {
+		return row < MSA_G ? qb + (size_t)row * D * ES : nullptr;
+	});
+	__syncthreads();
+	const int ntiles = sm.ntiles;
+	auto krow = [&](const elem_t *base, int n0) {
+		return [=](int rr) -> const elem_t * {
+			int j = n0 + rr;
+			if (j >= kv_len || j > p)
+				return nullptr;
+			if (!page_table)
+				return base + ((size_t)(k0 + j) * MSA_HKV + g) * D * ES;
+			size_t page = (size_t)page_table[(size_t)r * pt_stride + j / BK];
+			return base + ((page * MSA_HKV + g) * BK + j % BK) * D * ES;
+		};
+	};
+	if (ntiles > 0)
+		tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.k[0], q, krow(k, sm.tile_start[0]));
+	cp_async_commit();
+	if (ntiles > 0)
+		tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.v[0], q, krow(v, sm.tile_start[0]));
+	cp_async_commit();
+	cp_async_wait<1>();
+	__syncthreads();
+
+	u32 qa[D / 16][4];
+	load_a_frags<D>(qa, sm.q, warp * 16, lane);
+	float o[D / 8][4];
+#pragma unroll
+	for (int j = 0; j < D / 8; j++)
+		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+	row_state st;
+	row_state_init(st);
+
+	for (int it = 0; it < ntiles; it++) {
+		const int stg = it & 1, n0 = sm.tile_start[it];
+		cp_async_wait<1>();
+		__syncthreads();
+		if (it + 1 < ntiles)
+			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.k[stg ^ 1], q, krow(k, sm.tile_start[it + 1]));
+		cp_async_commit();
+		float s[BN / 8][4];
+		qk_tile<D, BN, MDT>(qa, sm.k[stg], s, lane);
+		scale_mask<BN>(s, scale_log2, lane, [&](int, int col) {
+			return n0 + col <= p && n0 + col < kv_len;
+		});
+		u32 pa[BN / 16][4];
+		online_softmax<D, BN, MDT>(s, st, o, pa);
+		cp_async_wait<1>();
+		__syncthreads();
+		if (it + 1 < ntiles)
+			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.v[stg ^ 1], q, krow(v, sm.tile_start[it + 1]));
+		cp_async_commit();
+		pv_tile<D, BN, MDT>(pa, sm.v[stg], o, lane);
+	}
+	cp_async_wait<0>();
+
+#pragma unroll
+	for (int half = 0; half < 2; half++) {
+		float inv;
+		const float l = row_finish(st, half, inv);
+		const int row = warp * 16 + lane / 4 + half * 8;
+		if (row >= MSA_G)
+			continue;
+		const size_t at = (size_t)t * MSA_HQ + g * MSA_G + row;
+		if (nsplit == 1) {
+			store_row<D, MSA_DT_OUT>(o, half, inv * out_scale, out + at * D, lane);
+			if (lane % 4 == 0)
+				lse[at] = l;
+		} else {
+			const size_t pat = (size_t)split * total_q * MSA_HQ + at;
+			store_row_f32<D>(o, half, inv * out_scale, part_o + pat * D, lane);
+			if (lane % 4 == 0)
+				part_lse[pat] = l;
+		}
+	}
+}

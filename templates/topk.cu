@@ -1,0 +1,73 @@
+// topk.cu - standalone top-k over a block-score tensor (MSA.md section 2).
+//
+// One warp per row (index head h, token t): KP passes, each an arg-max over
+// the row's candidates strictly after the previous pick in the order
+// (score descending, id ascending, NaN as -inf).  Each lane scans a strided
+// share of the candidates, then a butterfly reduction under the same total
+// order leaves the unique best in every lane.  Only scores[0..n-1] of a row
+// are read.  No dynamic shared memory.
+#include "topk.cuh"
+
+#define TOPK_WARPS 4
+
+extern "C" __global__ void __launch_bounds__(TOPK_WARPS * 32)
+msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict__ cu_q,
+	 const int *__restrict__ cu_kv, int batch, int total_q, int *__restrict__ ids)
+{
+	__shared__ int pick[TOPK_WARPS][MSA_KP_ALLOC];
+	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+	const long long row = (long long)blockIdx.x * TOPK_WARPS + warp;	// h * total_q + t
+	if (batch <= 0 || total_q <= 0 || row >= (long long)MSA_HKV * total_q)
+		return;
+	const int t = (int)(row % total_q);
+
+	// Request of token t: the largest r with cu_q[r] <= t (empty requests
+	// share their start with the next one and are skipped).
+	int lo = 0, hi = batch - 1;
+	while (lo < hi) {
+		int mid = (lo + hi + 1) / 2;
+		if (cu_q[mid] <= t)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	const int r = lo;
+	const int q_len = cu_q[r + 1] - cu_q[r], kv_len = cu_kv[r + 1] - cu_kv[r];
+	const int p = kv_len - q_len + (t - cu_q[r]);
+	const int n = topk_visible_blocks(p);
+	const float *srow = scores + (size_t)row * nb_stride;
+	int *dst = ids + (size_t)row * MSA_TOPK;
+
+	if (MSA_KP > 0 && n > MSA_TOPK) {
+		const int c0 = MSA_SINK, c1 = n - MSA_LOCAL;	// candidates c0..c1-1
+		float ps = MSA_INF;	// previous pick; (+inf, -1) comes before everything
+		int pid = -1;
+		for (int j = 0; j < MSA_KP; j++) {
+			float bs = -MSA_INF;	// (-inf, INT_MAX) comes after everything
+			int bid = 0x7fffffff;
+			for (int b = c0 + lane; b < c1; b += 32) {
+				float s = topk_rank(srow[b]);
+				if (topk_beats(ps, pid, s, b) && topk_beats(s, b, bs, bid)) {
+					bs = s;
+					bid = b;
+				}
+			}
+#pragma unroll
+			for (int off = 16; off >= 1; off /= 2) {
+				float os = __shfl_xor_sync(0xffffffffu, bs, off);
+				int oid = __shfl_xor_sync(0xffffffffu, bid, off);
+				if (topk_beats(os, oid, bs, bid)) {
+					bs = os;
+					bid = oid;
+				}
+			}
+			// n > TOPK leaves c1 - c0 >= KP + 1 candidates: bid is real.
+			if (lane == 0)
+				pick[warp][j] = bid;
+			ps = bs;
+			pid = bid;
+		}
+		__syncwarp();
+	}
+	write_row_ids(dst, n, [&](int j) { return pick[warp][j]; }, lane, 32);
+}

@@ -52,16 +52,18 @@ $(B)/libmsagen.a: $(LIBOBJ)
 $(B)/libmsagen.so: $(LIBOBJ)
 	$(CC) -shared -o $@ $^ $(LDLIBS)
 
-$(B)/msagen: $(B)/cli/main.o $(B)/libmsagen.a
+TESTHDRS := tests/tap.h tests/ref.h tests/gpu.h cli/check.h
+
+$(B)/msagen: $(B)/cli/main.o $(B)/cli/check.o $(B)/libmsagen.a
 	$(CC) -o $@ $^ $(LDLIBS)
 
-$(B)/cli/main.o: cli/main.c $(HDRS)
+$(B)/cli/%.o: cli/%.c $(HDRS) $(TESTHDRS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALLCFLAGS) -c $< -o $@
+	$(CC) $(ALLCFLAGS) -Itests -Icli -c $< -o $@
 
-$(B)/tests/%: tests/%.c tests/tap.h tests/ref.h tests/gpu.h $(B)/libmsagen.a
+$(B)/tests/%: tests/%.c $(TESTHDRS) $(B)/cli/check.o $(B)/libmsagen.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALLCFLAGS) -Itests $< $(B)/libmsagen.a -o $@ $(LDLIBS)
+	$(CC) $(ALLCFLAGS) -Itests -Icli $< $(B)/cli/check.o $(B)/libmsagen.a -o $@ $(LDLIBS)
 
 $(B)/bench/%: bench/%.c $(B)/libmsagen.a
 	@mkdir -p $(dir $@)

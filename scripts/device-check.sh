@@ -25,6 +25,15 @@ if [ "${SANITIZE:-1}" = 1 ] && command -v compute-sanitizer >/dev/null; then
 		echo "rc=$? $(grep -E 'ERROR SUMMARY' "$OUT/san-$(basename "$t").log")"
 	done
 fi
+if [ "${CHECK:-1}" = 1 ]; then
+	for spec in ${SPECS:-specs/*.lua}; do
+		echo "== msagen check $spec"
+		/usr/bin/time -f "(%e s)" $B/msagen check "$spec" > "$OUT/check-$(basename "$spec" .lua).log" 2>&1
+		rc=$?
+		grep -E "FAIL|checks,|s\)$|msagen:" "$OUT/check-$(basename "$spec" .lua).log" | head -20
+		[ $rc = 0 ] || fail=1
+	done
+fi
 if [ "${JIT:-1}" = 1 ]; then
 	echo "== JIT figures"
 	$B/bench/jit specs/minimax-m3.lua 2>&1 | tee "$OUT/jit.log" | grep -v "^cold compile"

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "tap.h"
 #include "gpu.h"
 #include "ref.h"
 #include "tap.h"
@@ -142,7 +143,9 @@ int main(void)
 	};
 	gpu_env env;
 	ref_rng rng;
-	gpu_init_or_skip(&env);
+	if (gpu_init(&env, NULL) != MSA_OK)
+		skip_all("no GPU: %s", env.err);
+	diag("compute capability %d, seed %llu (MSAGEN_SEED repeats it)", env.cc, (unsigned long long)env.seed);
 	rng = ref_rng_new(env.seed);
 	plan(7 + MSA_COUNT(cases));
 	check_errors(&env);

@@ -4,7 +4,8 @@
 # Logs go to $OUT (default /tmp/msagen-out).
 set -u
 B=${B:-build}
-OUT=${OUT:-/tmp/msagen-out}
+DEST=${OUT:-/tmp/msagen-out}
+OUT=$DEST/logs	# bundled into logs.tgz at the end (few files come back)
 mkdir -p "$OUT"
 export MSAGEN_CACHE_DIR=$(mktemp -d) MSAGEN_BIN=$PWD/$B/msagen
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
@@ -39,3 +40,4 @@ if [ "${JIT:-1}" = 1 ]; then
 	$B/bench/jit specs/minimax-m3.lua 2>&1 | tee "$OUT/jit.log" | grep -v "^cold compile"
 fi
 echo "overall: $([ $fail = 0 ] && echo PASS || echo FAIL)"
+tar czf "$DEST/logs.tgz" -C "$DEST" logs && rm -rf "$OUT"

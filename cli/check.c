@@ -111,6 +111,8 @@ typedef struct run {
 	gpu_env *env;
 	const msa_layer *l;
 	msa_plan *p;
+	msa_module *m;
+	msa_batch mb;
 	io x;
 	ref_batch rb;
 	int tq, nb;
@@ -232,6 +234,27 @@ static void stage_index_topk(run *u, double *rs, gpu_tensor *ids, int32_t *gids)
 	emit(u, "index_topk", good, good ? 0 : 1, 0);
 }
 
+/* The main branch in one form, through a plan made for that form. */
+static void stage_sparse(run *u, int mode, const gpu_tensor *ids, gpu_tensor *o, gpu_tensor *lse,
+			 const double *ro, const double *rl)
+{
+	const char *stage = mode == MSA_SPARSE_KVO ? "sparse_kvo" : "sparse_qo";
+	msa_batch mb = u->mb;
+	msa_plan *p = NULL;
+	mb.sparse_mode = mode;
+	u->env->cu->MemsetD8(o->dev, 0xff, o->n * ref_fmt_size(o->fmt));
+	if (launched(u, msa_plan_new(u->m, &mb, &p)) &&
+	    launched(u, msa_sparse_attn(p, (void *)u->x.q.dev, (void *)u->x.k.dev, (void *)u->x.v.dev,
+					(int32_t *)ids->dev, (void *)o->dev, (float *)lse->dev, NULL))) {
+		if (mode == MSA_SPARSE_QO && p->nsplit > 1)
+			msa_fmt(u->row.note, sizeof u->row.note, "(%d splits)", p->nsplit);
+		attn_row(u, stage, o, lse, ro, rl);
+	} else {
+		emit(u, stage, 0, NAN, 0);
+	}
+	msa_plan_free(p);
+}
+
 static void stage_attention(run *u, const gpu_tensor *ids, const int32_t *gids)
 {
 	const msa_layer *l = u->l;
@@ -244,17 +267,18 @@ static void stage_attention(run *u, const gpu_tensor *ids, const int32_t *gids)
 	gpu_poison(u->env, &lse, REF_F32, (size_t)u->tq * hq);
 	ref_sparse(&u->rb, u->x.qd, u->x.kd, u->x.vd, gids, hq, l->heads_kv, d, l->block, l->topk,
 		   l->scale, ro, rl);
-	if (launched(u, msa_sparse_attn(u->p, q, k, v, (int32_t *)ids->dev, (void *)o.dev,
-					(float *)lse.dev, NULL)))
-		attn_row(u, "sparse_attn", &o, &lse, ro, rl);
-	else
-		emit(u, "sparse_attn", 0, NAN, 0);
+	stage_sparse(u, MSA_SPARSE_QO, ids, &o, &lse, ro, rl);
+	if (msa_layer_supports(l, MSA_K_SPARSE_KVO))
+		stage_sparse(u, MSA_SPARSE_KVO, ids, &o, &lse, ro, rl);
 	u->env->cu->MemsetD8(o.dev, 0xff, o.n * ref_fmt_size(o.fmt));
 	if (launched(u, msa_attention(u->p, (void *)u->x.qi.dev, (void *)u->x.ki.dev, q, k, v,
-				      (void *)o.dev, (float *)lse.dev, NULL)))
+				      (void *)o.dev, (float *)lse.dev, NULL))) {
+		msa_fmt(u->row.note, sizeof u->row.note, "(%s)",
+			u->p->mode == MSA_SPARSE_KVO ? "KV-outer" : "query-outer");
 		attn_row(u, "msa_attention", &o, &lse, ro, rl);
-	else
+	} else {
 		emit(u, "msa_attention", 0, NAN, 0);
+	}
 	ref_dense(&u->rb, u->x.qd, u->x.kd, u->x.vd, hq, l->heads_kv, d, l->causal, l->scale, ro, rl);
 	u->env->cu->MemsetD8(o.dev, 0xff, o.n * ref_fmt_size(o.fmt));
 	if (launched(u, msa_dense(u->p, q, k, v, (void *)o.dev, (float *)lse.dev, NULL)))
@@ -281,7 +305,6 @@ int chk_run(gpu_env *env, const msa_layer *l, const chk_case *c, ref_rng *rng, c
 {
 	int cu_q[9], cu_kv[9], fp8 = l->dtype_q == MSA_DT_FP8_E4M3, fp8i = l->dtype_index == MSA_DT_FP8_E4M3;
 	scales sc = {fp8 ? 0.75 : 1, fp8 ? 0.5 : 1, fp8 ? 1.25 : 1, fp8i ? 2 : 1, fp8i ? 0.5 : 1};
-	msa_module *m = NULL;
 	run u = {0};
 
 	if (c->batch < 1 || c->batch > 8)
@@ -296,10 +319,11 @@ int chk_run(gpu_env *env, const msa_layer *l, const chk_case *c, ref_rng *rng, c
 	make_io(env, &u.x, l, c, &u.rb, rng, &sc);
 	msa_fmt(u.row.shape, sizeof u.row.shape, "%s batch %d, q %d, kv %d%s%s", l->name, c->batch,
 		u.tq, ref_total_kv(&u.rb), c->paged ? ", paged" : "", c->nsplit > 1 ? ", split" : "");
-	msa_batch mb = {c->batch, cu_q, cu_kv, u.x.table, u.x.per, u.x.num_pages,
-			(float)(fp8 ? sc.q : 0), (float)(fp8 ? sc.k : 0), (float)(fp8 ? sc.v : 0),
-			(float)(fp8i ? sc.qi : 0), (float)(fp8i ? sc.ki : 0), c->nsplit};
-	if (!launched(&u, msa_module_new(env->ctx, l, &m)) || !launched(&u, msa_plan_new(m, &mb, &u.p))) {
+	u.mb = (msa_batch){c->batch, cu_q, cu_kv, u.x.table, u.x.per, u.x.num_pages,
+			   (float)(fp8 ? sc.q : 0), (float)(fp8 ? sc.k : 0), (float)(fp8 ? sc.v : 0),
+			   (float)(fp8i ? sc.qi : 0), (float)(fp8i ? sc.ki : 0), c->nsplit, c->mode,
+			   c->kvo_workspace};
+	if (!launched(&u, msa_module_new(env->ctx, l, &u.m)) || !launched(&u, msa_plan_new(u.m, &u.mb, &u.p))) {
 		emit(&u, "plan", 0, NAN, 0);
 		goto out;
 	}
@@ -322,7 +346,7 @@ int chk_run(gpu_env *env, const msa_layer *l, const chk_case *c, ref_rng *rng, c
 	free(gids);
 out:
 	msa_plan_free(u.p);
-	msa_module_free(m);
+	msa_module_free(u.m);
 	free_io(env, &u.x);
 	return u.failed;
 }

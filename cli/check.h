@@ -11,6 +11,8 @@ typedef struct chk_case {
 	int max_extra;		/* kv_len = q_len + 0..max_extra */
 	int paged;		/* KV in shuffled pages */
 	int nsplit;		/* 0: the plan picks */
+	int mode;		/* msa_batch.sparse_mode of the main plan */
+	size_t kvo_workspace;	/* msa_batch.kvo_workspace (0: default) */
 } chk_case;
 
 typedef struct chk_row {
@@ -23,7 +25,7 @@ typedef struct chk_row {
 
 typedef void (*chk_fn)(void *arg, const chk_row *row);
 
-#define CHK_STAGES 6
+#define CHK_STAGES 7	/* rows per layer and shape, when G allows KV-outer */
 
 /* Emits one row per stage (or one "plan" row if the layer cannot run);
  * returns the number of failed rows. */

@@ -312,9 +312,9 @@ static void print_row(void *arg, const chk_row *r)
 static int cmd_check(int argc, char **argv)
 {
 	static const chk_case shapes[] = {
-		{2, 96, 300, 0, 0},	/* prefill, contiguous KV */
-		{3, 64, 1500, 1, 0},	/* chunked prefill over shuffled pages */
-		{3, 8, 3000, 1, 0},	/* decode over pages; the plan splits */
+		{2, 96, 300, 0, 0, 0, 0},	/* prefill, contiguous KV */
+		{3, 64, 1500, 1, 0, 0, 0},	/* chunked prefill over shuffled pages */
+		{3, 8, 3000, 1, 0, 0, 0},	/* decode over pages; the plan splits */
 	};
 	args a;
 	msa_spec *spec = NULL;

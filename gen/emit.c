@@ -15,14 +15,17 @@
 
 static const msa_family families[MSA_K_COUNT] = {
 	[MSA_K_DENSE_FWD] = {
-		"dense_fwd", F_ATTN | MSA_F_CAUSAL, "dense_fwd.cu", "msa_dense_fwd", 2,
+		"dense_fwd", F_ATTN | MSA_F_CAUSAL, "dense_fwd.cu", "msa_dense_fwd", NULL, 2,
 		{{"block_m", 64, 2, {64, 128}}, {"block_n", 64, 2, {32, 64}}},
 	},
-	[MSA_K_INDEX_SCORES] = {"index_scores", F_INDEX, "index_topk.cu", "msa_index_topk", 0, {{0}}},
-	[MSA_K_INDEX_TOPK] = {"index_topk", F_INDEX, "index_topk.cu", "msa_index_topk", 0, {{0}}},
-	[MSA_K_TOPK] = {"topk", MSA_F_HEADS | MSA_F_BK | MSA_F_TOPK, "topk.cu", "msa_topk", 0, {{0}}},
-	[MSA_K_SPARSE_FWD] = {"sparse_fwd", F_ATTN | MSA_F_TOPK, "sparse_fwd.cu", "msa_sparse_fwd", 0, {{0}}},
-	[MSA_K_COMBINE] = {"combine", MSA_F_DTOUT | MSA_F_HEADS | MSA_F_D, "combine.cu", "msa_combine", 0, {{0}}},
+	[MSA_K_INDEX_SCORES] = {"index_scores", F_INDEX, "index_topk.cu", "msa_index_topk", NULL, 0, {{0}}},
+	[MSA_K_INDEX_TOPK] = {"index_topk", F_INDEX, "index_topk.cu", "msa_index_topk", NULL, 0, {{0}}},
+	[MSA_K_TOPK] = {"topk", MSA_F_HEADS | MSA_F_BK | MSA_F_TOPK, "topk.cu", "msa_topk", NULL, 0, {{0}}},
+	[MSA_K_SPARSE_FWD] = {"sparse_fwd", F_ATTN | MSA_F_TOPK, "sparse_fwd.cu", "msa_sparse_fwd", NULL, 0, {{0}}},
+	[MSA_K_COMBINE] = {"combine", MSA_F_DTOUT | MSA_F_HEADS | MSA_F_D, "combine.cu", "msa_combine", NULL, 0, {{0}}},
+	[MSA_K_GATHER] = {"gather", MSA_F_HEADS | MSA_F_BK | MSA_F_TOPK, "gather.cu", "msa_gather",
+			  "msa_gather_scan", 0, {{0}}},
+	[MSA_K_SPARSE_KVO] = {"sparse_kvo", F_ATTN | MSA_F_TOPK, "sparse_kvo.cu", "msa_sparse_kvo", NULL, 0, {{0}}},
 };
 
 const msa_family *msa_family_get(msa_kind kind)
@@ -58,6 +61,15 @@ static int arch_number(const char *arch)
 static int family_supports(msa_kind kind, const msa_layer *l, char *why, size_t n)
 {
 	switch (kind) {
+	case MSA_K_SPARSE_KVO:
+	case MSA_K_GATHER:
+		if (l->group > 128 || (l->group & (l->group - 1))) {
+			msa_fmt(why, n, "the KV-outer form needs G a power of two <= 128");
+			return 0;
+		}
+		if (kind == MSA_K_GATHER)
+			return 1;
+		/* fall through */
 	case MSA_K_DENSE_FWD:
 	case MSA_K_SPARSE_FWD:
 		if (l->dtype_q != l->dtype_kv) {
@@ -384,6 +396,14 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		*smem = (rows + 4 * 64) * l->head_dim * 2 + (l->topk * (l->block / 64) + 1) * 4;
 		return;
 	}
+	case MSA_K_SPARSE_KVO:
+		*threads = 256;
+		*smem = (128 + 4 * 64) * l->head_dim * 2 + 2 * 4 * 128;
+		return;
+	case MSA_K_GATHER:
+		*threads = 256;
+		*smem = 0;
+		return;
 	case MSA_K_INDEX_SCORES:
 	case MSA_K_INDEX_TOPK:
 		*threads = 128;

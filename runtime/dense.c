@@ -180,14 +180,20 @@ int msa_dense_run(msa_dense_plan *p, const void *q, const void *k, const void *v
 			  args, stream);
 }
 
-int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsigned gz,
-	       void **args, void *stream)
+int msa_launch_fn(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned gy,
+		  unsigned gz, unsigned threads, unsigned smem, void **args, void *stream)
 {
 	const msa_cu *cu;
 	int rc;
 	if ((rc = msa_cu_get(&cu, ctx->err, sizeof ctx->err)) != MSA_OK)
 		return rc;
-	return msa_cu_check(cu->LaunchKernel(k->fn, gx, gy, gz, (unsigned)k->threads, 1, 1,
-					     (unsigned)k->smem, (CUstream)stream, args, NULL),
-			    k->name, ctx->err, sizeof ctx->err);
+	return msa_cu_check(cu->LaunchKernel(fn, gx, gy, gz, threads, 1, 1, smem, (CUstream)stream,
+					     args, NULL), name, ctx->err, sizeof ctx->err);
+}
+
+int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsigned gz,
+	       void **args, void *stream)
+{
+	return msa_launch_fn(ctx, k->fn, k->name, gx, gy, gz, (unsigned)k->threads, (unsigned)k->smem,
+			     args, stream);
 }

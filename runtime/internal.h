@@ -108,6 +108,8 @@ typedef enum msa_kind {
 	MSA_K_TOPK,
 	MSA_K_SPARSE_FWD,
 	MSA_K_COMBINE,
+	MSA_K_GATHER,
+	MSA_K_SPARSE_KVO,
 	MSA_K_COUNT
 } msa_kind;
 
@@ -131,6 +133,7 @@ typedef struct msa_family {
 	unsigned fields;	/* MSA_F_* in the variant name */
 	const char *template_name;	/* file under templates/ */
 	const char *entry;	/* extern "C" __global__ name */
+	const char *entry2;	/* a second kernel of the same source, or NULL */
 	int ntunables;
 	msa_tunable tunables[MSA_MAX_TUNABLES];
 } msa_family;
@@ -229,6 +232,7 @@ char *msa_artifact_key(const char *src, size_t len, const char *arch, size_t *ke
 	X(MemcpyDtoH, (void *, CUdeviceptr, size_t)) \
 	X(MemsetD8, (CUdeviceptr, unsigned char, size_t)) \
 	X(MemsetD32, (CUdeviceptr, unsigned int, size_t)) \
+	X(MemsetD32Async, (CUdeviceptr, unsigned int, size_t, CUstream)) \
 	X(StreamSynchronize, (CUstream)) \
 	X(EventCreate, (CUevent *, unsigned int)) \
 	X(EventRecord, (CUevent, CUstream)) \
@@ -274,6 +278,7 @@ typedef struct msa_kernel {
 	char name[256];
 	CUlibrary lib;
 	CUfunction fn;
+	CUfunction fn2;		/* the family's entry2 */
 	int threads;
 	int smem;
 	int tune[MSA_MAX_TUNABLES];	/* the variant's tunables */
@@ -321,12 +326,23 @@ int msa_check_lengths(msa_ctx *ctx, int batch, const int *cu_q, const int *cu_kv
 int msa_module_kernel(msa_module *m, msa_kind kind, int causal, msa_kernel **out);
 int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsigned gz,
 	       void **args, void *stream);
+int msa_launch_fn(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned gy,
+		  unsigned gz, unsigned threads, unsigned smem, void **args, void *stream);
 
 /* ------------------------------------------------------------ msa.c */
+
+enum { MSA_SPARSE_AUTO = 0, MSA_SPARSE_QO = 1, MSA_SPARSE_KVO = 2 };
 
 struct msa_plan {
 	msa_module *mod;
 	msa_kernel *k_scores, *k_itopk, *k_topk, *k_sparse, *k_combine, *k_dense;
+	msa_kernel *k_gather, *k_kvo;
+	int mode;		/* MSA_SPARSE_QO or _KVO */
+	int chunk;		/* queries per KV-outer pass */
+	int nbt, max_tiles;	/* blocks of all requests; tiles per pass */
+	CUdeviceptr blk_off;	/* [batch+1] first block of each request */
+	CUdeviceptr kvo;	/* KV-outer workspace, carved below */
+	CUdeviceptr cursor, start, list, tiles, ntiles, kvo_part;
 	int batch, max_q, total_q, total_kv, nb_max, nsplit, pages_per_req;
 	int paged;
 	float scale_log2, out_scale, idx_scale;	/* with fp8 widening folded in */

@@ -218,6 +218,13 @@ static int load_kernel(msa_ctx *ctx, const msa_variant *v, const msa_cubin *cb, 
 	if (rc == MSA_OK)
 		rc = msa_cu_check(cu->KernelGetFunction(&k->fn, kern), "cuKernelGetFunction",
 				  ctx->err, sizeof ctx->err);
+	if (rc == MSA_OK && f->entry2) {
+		rc = msa_cu_check(cu->LibraryGetKernel(&kern, k->lib, f->entry2), "cuLibraryGetKernel",
+				  ctx->err, sizeof ctx->err);
+		if (rc == MSA_OK)
+			rc = msa_cu_check(cu->KernelGetFunction(&k->fn2, kern), "cuKernelGetFunction",
+					  ctx->err, sizeof ctx->err);
+	}
 	if (rc == MSA_OK && k->smem > 48 * 1024)
 		rc = msa_cu_check(cu->FuncSetAttribute(k->fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
 						       k->smem), "cuFuncSetAttribute(max dynamic smem)",

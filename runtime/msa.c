@@ -47,6 +47,10 @@ static int plan_kernels(msa_plan *p)
 	    ((rc = msa_module_kernel(m, MSA_K_SPARSE_FWD, c, &p->k_sparse)) ||
 	     (rc = msa_module_kernel(m, MSA_K_DENSE_FWD, c, &p->k_dense))))
 		return rc;
+	if (msa_layer_supports(&m->layer, MSA_K_SPARSE_KVO) &&
+	    ((rc = msa_module_kernel(m, MSA_K_SPARSE_KVO, c, &p->k_kvo)) ||
+	     (rc = msa_module_kernel(m, MSA_K_GATHER, c, &p->k_gather))))
+		return rc;
 	return MSA_OK;
 }
 
@@ -109,6 +113,48 @@ static int plan_upload(msa_plan *p, const msa_batch *b)
 	return rc;
 }
 
+/* KV-outer workspace: per pass of `chunk` queries the gather lists, the
+ * tile map and the per-(query, slot) partials, capped near 256 MiB. */
+static int plan_kvo(msa_plan *p, const msa_batch *b)
+{
+	const msa_layer *l = &p->mod->layer;
+	const msa_cu *cu = p->mod->cu;
+	msa_ctx *ctx = p->mod->ctx;
+	size_t per_q = (size_t)l->heads_q * l->topk * ((size_t)l->head_dim * 4 + 4);
+	int qt = l->group >= 128 ? 1 : 128 / l->group, rc;
+	int *off = malloc(sizeof(int) * (size_t)(b->batch + 1));
+
+	if (!off)
+		return msa_ctx_fail(ctx, MSA_ENOMEM, "out of memory");
+	off[0] = 0;
+	for (int r = 0; r < b->batch; r++)
+		off[r + 1] = off[r] + (b->cu_kv[r + 1] - b->cu_kv[r] + l->block - 1) / l->block;
+	p->nbt = off[b->batch] > 0 ? off[b->batch] : 1;
+	p->chunk = (int)((b->kvo_workspace ? b->kvo_workspace : (size_t)256 << 20) / per_q);
+	p->chunk = p->chunk < 1 ? 1 : p->chunk > p->total_q ? p->total_q : p->chunk;
+	p->max_tiles = (int)((long)p->chunk * l->heads_kv * l->topk / qt) + l->heads_kv * p->nbt + 1;
+	size_t nkeys = (size_t)l->heads_kv * p->nbt, nb = sizeof(int) * (size_t)(b->batch + 1);
+	size_t bytes[] = {nb, nkeys * 4, nkeys * 4, (size_t)p->chunk * l->heads_kv * l->topk * 4,
+			  (size_t)p->max_tiles * 8, 16, (size_t)p->chunk * per_q};
+	size_t total = 0;
+	for (int i = 0; i < MSA_COUNT(bytes); i++)
+		total += (bytes[i] + 255) / 256 * 256;
+	rc = msa_cu_check(cu->MemAlloc(&p->kvo, total), "cuMemAlloc(KV-outer workspace)", ctx->err,
+			  sizeof ctx->err);
+	if (rc == MSA_OK) {
+		CUdeviceptr at = p->kvo, *dst[] = {&p->blk_off, &p->cursor, &p->start, &p->list,
+						   &p->tiles, &p->ntiles, &p->kvo_part};
+		for (int i = 0; i < MSA_COUNT(bytes); i++) {
+			*dst[i] = at;
+			at += (bytes[i] + 255) / 256 * 256;
+		}
+		rc = msa_cu_check(cu->MemcpyHtoD(p->blk_off, off, nb), "cuMemcpyHtoD", ctx->err,
+				  sizeof ctx->err);
+	}
+	free(off);
+	return rc;
+}
+
 int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 {
 	msa_plan *p;
@@ -139,7 +185,22 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 	p->nb_max = (max_kv + mod->layer.block - 1) / mod->layer.block;
 	p->nsplit = pick_nsplit(p, b->nsplit);
 	plan_scales(p, b);
-	if ((rc = plan_kernels(p)) || (rc = plan_upload(p, b))) {
+	if (b->sparse_mode < 0 || b->sparse_mode > 2) {
+		free(p);
+		return msa_ctx_fail(ctx, MSA_EINVAL, "sparse_mode = %d (0 auto, 1 query-outer, 2 KV-outer)",
+				    b->sparse_mode);
+	}
+	p->mode = b->sparse_mode;
+	if (p->mode == MSA_SPARSE_KVO && !msa_layer_supports(&mod->layer, MSA_K_SPARSE_KVO)) {
+		free(p);
+		return msa_ctx_fail(ctx, MSA_EUNSUPPORTED, "layer %s: the KV-outer form needs G a power "
+				    "of two <= 128 and q, kv of one type", mod->layer.name);
+	}
+	if (p->mode == MSA_SPARSE_AUTO)	/* many queries: share each block's loads */
+		p->mode = msa_layer_supports(&mod->layer, MSA_K_SPARSE_KVO) && p->nsplit == 1 &&
+				  p->total_q >= 64 ? MSA_SPARSE_KVO : MSA_SPARSE_QO;
+	if ((rc = plan_kernels(p)) || (rc = plan_upload(p, b)) ||
+	    (p->mode == MSA_SPARSE_KVO && (rc = plan_kvo(p, b)))) {
 		msa_plan_free(p);
 		return rc;
 	}
@@ -155,6 +216,8 @@ void msa_plan_free(msa_plan *p)
 		p->mod->cu->MemFree(p->dev);
 	if (p->part_o)
 		p->mod->cu->MemFree(p->part_o);
+	if (p->kvo)
+		p->mod->cu->MemFree(p->kvo);
 	free(p);
 }
 
@@ -224,10 +287,59 @@ int msa_topk(msa_plan *p, const float *scores, int32_t *ids, void *stream)
 	return msa_launch(p->mod->ctx, p->k_topk, (unsigned)((rows + 3) / 4), 1, 1, args, stream);
 }
 
+/* One KV-outer pass over queries [t0, t1): gather lists, scan, fill,
+ * partials, combine.  Every step is a launch or an async memset. */
+static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, const int32_t *ids,
+		    void *out, float *lse, int t0, int t1, void *stream)
+{
+	const msa_layer *l = &p->mod->layer;
+	const msa_cu *cu = p->mod->cu;
+	msa_ctx *ctx = p->mod->ctx;
+	CUstream s = (CUstream)stream;
+	CUdeviceptr pt = p->pages, part_lse = p->kvo_part + (size_t)p->chunk * l->heads_q * l->topk * l->head_dim * 4;
+	int nkeys = l->heads_kv * p->nbt, stride = p->pages_per_req, zero = 0, one = 1, mode = 1, rc;
+	int rows = (t1 - t0) * l->heads_q, ksel = l->topk;
+	long nsel = (long)(t1 - t0) * l->heads_kv * l->topk;
+	unsigned gblocks = (unsigned)((nsel + 255) / 256);
+	void *g0[] = {&ids, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->total_q, &p->nbt, &t0, &t1,
+		      &zero, &p->cursor, &p->start, &p->list};
+	void *g1[] = {&ids, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->total_q, &p->nbt, &t0, &t1,
+		      &one, &p->cursor, &p->start, &p->list};
+	void *sc[] = {&p->cursor, &nkeys, &p->start, &p->tiles, &p->max_tiles, &p->ntiles};
+	void *kv[] = {&q, &k, &v, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->nbt, &pt, &stride,
+		      &p->scale_log2, &p->out_scale, &p->start, &p->cursor, &p->list, &p->tiles,
+		      &p->ntiles, &t0, &p->kvo_part, &part_lse};
+	char *o = (char *)out + (size_t)t0 * l->heads_q * l->head_dim * msa_dtype_size(l->dtype_out);
+	float *ls = lse + (size_t)t0 * l->heads_q;
+	void *cb[] = {&p->kvo_part, &part_lse, &ksel, &rows, &mode, &o, &ls};
+
+	if ((rc = msa_cu_check(cu->MemsetD32Async(p->cursor, 0, (size_t)nkeys, s), "cuMemsetD32Async",
+			       ctx->err, sizeof ctx->err)) ||
+	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g0, stream)) ||
+	    (rc = msa_launch_fn(ctx, p->k_gather->fn2, "msa_gather_scan", 1, 1, 1, 1024, 0, sc, stream)) ||
+	    (rc = msa_cu_check(cu->MemsetD32Async(p->cursor, 0, (size_t)nkeys, s), "cuMemsetD32Async",
+			       ctx->err, sizeof ctx->err)) ||
+	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g1, stream)) ||
+	    (rc = msa_cu_check(cu->MemsetD32Async(part_lse, 0xff800000u, (size_t)rows * l->topk, s),
+			       "cuMemsetD32Async", ctx->err, sizeof ctx->err)) ||
+	    (rc = msa_launch(ctx, p->k_kvo, (unsigned)p->max_tiles, 1, 1, kv, stream)))
+		return rc;
+	return msa_launch(ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cb, stream);
+}
+
 int msa_sparse_attn(msa_plan *p, const void *q, const void *k, const void *v, const int32_t *ids,
 		    void *out, float *lse, void *stream)
 {
 	NEED(p, "msa_sparse_attn", "q k v ids out lse", q, k, v, ids, out, lse);
+	if (p->mode == MSA_SPARSE_KVO) {
+		for (int t0 = 0; t0 < p->total_q; t0 += p->chunk) {
+			int t1 = t0 + p->chunk < p->total_q ? t0 + p->chunk : p->total_q;
+			int rc = kvo_pass(p, q, k, v, ids, out, lse, t0, t1, stream);
+			if (rc)
+				return rc;
+		}
+		return MSA_OK;
+	}
 	const msa_layer *l = &p->mod->layer;
 	CUdeviceptr pt = p->pages;
 	int stride = p->pages_per_req, rows = p->total_q * l->heads_q, rc;
@@ -241,7 +353,8 @@ int msa_sparse_attn(msa_plan *p, const void *q, const void *k, const void *v, co
 			(unsigned)p->nsplit, args, stream);
 	if (rc || p->nsplit == 1)
 		return rc;
-	void *cargs[] = {&p->part_o, &p->part_lse, &p->nsplit, &rows, &out, &lse};
+	int mode = 0;
+	void *cargs[] = {&p->part_o, &p->part_lse, &p->nsplit, &rows, &mode, &out, &lse};
 	return msa_launch(p->mod->ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cargs, stream);
 }
 

@@ -187,7 +187,11 @@ typedef struct msa_batch {
 	int num_pages;		/* pages in the cache (page ids are checked) */
 	/* fp8 e4m3 per-tensor dequantisation scales; 0 means 1 */
 	float scale_q, scale_k, scale_v, scale_qi, scale_ki;
-	int nsplit;		/* sparse split-KV count; 0: the plan picks */
+	int nsplit;		/* query-outer split-KV count; 0: the plan picks */
+	int sparse_mode;	/* 0: the plan picks, 1: query-outer, 2: KV-outer
+				   with query gather */
+	size_t kvo_workspace;	/* KV-outer partials per pass; 0: 256 MiB.  A
+				   smaller one means more passes */
 } msa_batch;
 
 typedef struct msa_plan msa_plan;

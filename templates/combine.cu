@@ -1,7 +1,10 @@
-// combine.cu - merge the per-split partial (o, lse) of msa_sparse_fwd:
+// combine.cu - merge partial (o, lse) pairs of one (token, query head):
 // out = sum_s exp(lse_s - m) o_s / sum_s exp(lse_s - m), lse = m + log(sum).
-// One warp per (token, query head); splits that saw no key (lse -inf) add
-// nothing, and a row no split saw gives 0 and -inf.
+// One warp per row; partials with lse -inf add nothing, and a row with no
+// partial gives 0 and -inf.  Two layouts:
+//   mode 0 (msa_sparse_fwd splits): partial s of row at s * rows + row
+//   mode 1 (msa_sparse_kvo): [token, Hkv, k, G]: row (t, g*G + h) has its
+//          k partials at ((t * Hkv + g) * k + s) * G + h
 #include "common.cuh"
 
 #define D MSA_D
@@ -9,26 +12,32 @@ typedef dtype_traits<MSA_DT_OUT>::T out_t;
 
 extern "C" __global__ void __launch_bounds__(128)
 msa_combine(const float *__restrict__ part_o, const float *__restrict__ part_lse, int nsplit,
-	    int rows, out_t *__restrict__ out, float *__restrict__ lse)
+	    int rows, int mode, out_t *__restrict__ out, float *__restrict__ lse)
 {
 	const int row = blockIdx.x * 4 + threadIdx.x / 32, lane = threadIdx.x % 32;
 	if (row >= rows)
 		return;
+	size_t base = row, step = rows;
+	if (mode == 1) {
+		int t = row / MSA_HQ, hq = row % MSA_HQ;
+		base = ((size_t)t * MSA_HKV + hq / MSA_G) * nsplit * MSA_G + hq % MSA_G;
+		step = MSA_G;
+	}
 	float m = -MSA_INF;
 	for (int s = 0; s < nsplit; s++)
-		m = fmaxf(m, part_lse[(size_t)s * rows + row]);
+		m = fmaxf(m, part_lse[base + s * step]);
 	float acc[D / 32], wsum = 0.f;
 #pragma unroll
 	for (int e = 0; e < D / 32; e++)
 		acc[e] = 0.f;
 	if (m != -MSA_INF) {
 		for (int s = 0; s < nsplit; s++) {
-			float ls = part_lse[(size_t)s * rows + row];
+			float ls = part_lse[base + s * step];
 			if (ls == -MSA_INF)
 				continue;
 			float w = __expf(ls - m);
 			wsum += w;
-			const float *po = part_o + ((size_t)s * rows + row) * D;
+			const float *po = part_o + (base + s * step) * D;
 #pragma unroll
 			for (int e = 0; e < D / 32; e++)
 				acc[e] += w * po[lane + 32 * e];

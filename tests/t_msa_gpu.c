@@ -13,6 +13,7 @@
 typedef struct mcase {
 	int g, hkv, d, di, bk, k, local, sink, dt, paged, nsplit;
 	int batch, max_q, max_extra;	/* q_len 1..max_q, kv_len = q_len + 0..max_extra */
+	size_t kvo_workspace;
 } mcase;
 
 static const char *const dts[] = {"bf16", "fp16", "fp8_e4m3"};
@@ -27,7 +28,7 @@ static void run_case(gpu_env *env, const mcase *c, ref_rng *rng, int idx)
 {
 	char spec[600];
 	msa_spec *s = NULL;
-	chk_case cc = {c->batch, c->max_q, c->max_extra, c->paged, c->nsplit};
+	chk_case cc = {c->batch, c->max_q, c->max_extra, c->paged, c->nsplit, 0, c->kvo_workspace};
 	msa_fmt(spec, sizeof spec,
 		"layer { name = 'c%d', heads = { q = %d, kv = %d }, head_dim = %d, index_dim = %d,"
 		" block = %d, topk = %d, local_blocks = %d, sink_blocks = %d,"
@@ -51,7 +52,7 @@ static void check_plan_errors(gpu_env *env)
 	msa_module *m;
 	msa_plan *p = NULL;
 	int cq[2] = {0, 3}, ck[2] = {0, 130}, table[4] = {0, 1, 7, 2};
-	msa_batch b = {1, cq, ck, table, 4, 5, 0, 0, 0, 0, 0, 0};
+	msa_batch b = {1, cq, ck, table, 4, 5, 0, 0, 0, 0, 0, 0, 0, 0};
 	msa_spec_load_string("e.lua", text, sizeof text - 1, &s, env->err, sizeof env->err);
 	ok(msa_module_new(env->ctx, &s->layers[0], &m) == MSA_OK, "module for plan checks");
 	is_int(msa_plan_new(m, &b, &p), MSA_EINVAL, "page id out of range rejected");
@@ -60,6 +61,11 @@ static void check_plan_errors(gpu_env *env)
 	is_int(msa_plan_new(m, &b, &p), MSA_EINVAL, "too few pages per request rejected");
 	like(msa_ctx_error(env->ctx), "kv_len 130 needs 3 pages", "message says how many");
 	is_int(msa_plan_new(m, NULL, &p), MSA_EINVAL, "NULL batch rejected");
+	b.pages_per_req = 4;
+	table[2] = 3;
+	b.sparse_mode = 7;
+	is_int(msa_plan_new(m, &b, &p), MSA_EINVAL, "bad sparse_mode rejected");
+	like(msa_ctx_error(env->ctx), "sparse_mode = 7", "message names the field");
 	msa_module_free(m);
 	msa_spec_free(s);
 }
@@ -68,16 +74,19 @@ int main(void)
 {
 	static const mcase cases[] = {
 		/* g hkv d  di  bk  k  L S dt pg ns batch maxq extra */
-		{16, 1, 128, 128, 128, 4, 1, 0, 0, 0, 0, 2, 200, 500},
-		{1, 4, 64, 64, 64, 8, 1, 0, 0, 0, 0, 3, 200, 600},
-		{2, 2, 128, 64, 64, 16, 1, 2, 1, 0, 0, 2, 150, 900},
-		{4, 1, 64, 128, 128, 4, 0, 0, 0, 1, 0, 3, 100, 800},
-		{8, 2, 128, 128, 64, 32, 1, 0, 0, 1, 0, 2, 90, 1500},
-		{16, 1, 128, 128, 128, 16, 1, 0, 0, 1, 0, 4, 16, 5000},	/* decode, split */
-		{8, 4, 128, 128, 128, 16, 1, 0, 0, 1, 0, 1, 1, 65536},	/* decode 64K */
-		{4, 2, 64, 64, 64, 8, 1, 1, 1, 1, 4, 3, 12, 2000},	/* fp16, forced splits */
-		{16, 1, 128, 128, 128, 8, 1, 0, 2, 0, 0, 2, 150, 500},	/* fp8 */
-		{2, 2, 64, 64, 64, 4, 1, 0, 2, 1, 0, 2, 8, 1500},	/* fp8 paged decode */
+		{16, 1, 128, 128, 128, 4, 1, 0, 0, 0, 0, 2, 200, 500, 0},
+		{1, 4, 64, 64, 64, 8, 1, 0, 0, 0, 0, 3, 200, 600, 0},
+		{2, 2, 128, 64, 64, 16, 1, 2, 1, 0, 0, 2, 150, 900, 0},
+		{4, 1, 64, 128, 128, 4, 0, 0, 0, 1, 0, 3, 100, 800, 0},
+		{8, 2, 128, 128, 64, 32, 1, 0, 0, 1, 0, 2, 90, 1500, 0},
+		{16, 1, 128, 128, 128, 16, 1, 0, 0, 1, 0, 4, 16, 5000, 0},	/* decode, split */
+		{8, 4, 128, 128, 128, 16, 1, 0, 0, 1, 0, 1, 1, 65536, 0},	/* decode 64K */
+		{4, 2, 64, 64, 64, 8, 1, 1, 1, 1, 4, 3, 12, 2000, 0},	/* fp16, forced splits */
+		{16, 1, 128, 128, 128, 8, 1, 0, 2, 0, 0, 2, 150, 500, 0},	/* fp8 */
+		{2, 2, 64, 64, 64, 4, 1, 0, 2, 1, 0, 2, 8, 1500, 0},	/* fp8 paged decode */
+		{4, 2, 64, 64, 64, 4, 1, 0, 0, 0, 0, 8, 3, 40, 0},	/* contexts of one block */
+		{16, 1, 128, 128, 128, 8, 1, 0, 0, 1, 0, 3, 150, 400, 3 << 20},	/* KV-outer in passes */
+		{32, 2, 64, 64, 64, 8, 1, 0, 1, 0, 0, 2, 120, 300, 0},	/* G = 32 */
 	};
 	gpu_env env;
 	ref_rng rng;
@@ -85,7 +94,7 @@ int main(void)
 		skip_all("no GPU: %s", env.err);
 	diag("compute capability %d, seed %llu (MSAGEN_SEED repeats it)", env.cc, (unsigned long long)env.seed);
 	rng = ref_rng_new(env.seed);
-	plan(6 + CHK_STAGES * MSA_COUNT(cases));
+	plan(8 + CHK_STAGES * MSA_COUNT(cases));
 	check_plan_errors(&env);
 	for (int i = 0; i < MSA_COUNT(cases); i++)
 		run_case(&env, &cases[i], &rng, i);

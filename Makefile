@@ -3,6 +3,9 @@
 CUDA_HOME ?= /usr/local/cuda
 LUA_INC   ?= /usr/include/lua5.4
 LUA_LIB   ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/liblua5.4.a /usr/lib/aarch64-linux-gnu/liblua5.4.a /usr/lib/liblua5.4.a))
+# Debian's static Lua is not PIC, so the shared library (for Python) links
+# the shared one and carries a copy of it beside itself.
+LUA_SO    ?= $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/liblua5.4.so.0 /usr/lib/aarch64-linux-gnu/liblua5.4.so.0 /usr/lib/liblua5.4.so.0))
 
 CC      ?= cc
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -30,7 +33,7 @@ TESTSRC := $(wildcard tests/t_*.c)
 TESTS   := $(TESTSRC:tests/%.c=$(B)/tests/%)
 HDRS    := $(wildcard runtime/*.h gen/*.h)
 
-all: $(B)/msagen $(TESTS) $(B)/bench/jit
+all: $(B)/msagen $(B)/libmsagen.so $(TESTS) $(B)/bench/jit
 
 $(B)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
@@ -49,8 +52,13 @@ $(B)/templates.o: $(B)/templates.c
 $(B)/libmsagen.a: $(LIBOBJ)
 	rm -f $@ && ar rcs $@ $^
 
-$(B)/libmsagen.so: $(LIBOBJ)
-	$(CC) -shared -o $@ $^ $(LDLIBS)
+$(B)/liblua5.4.so.0: $(LUA_SO)
+	@mkdir -p $(B)
+	cp -L $< $@
+
+$(B)/libmsagen.so: $(LIBOBJ) $(B)/liblua5.4.so.0
+	$(CC) -shared -o $@ $(LIBOBJ) -Wl,-rpath,'$$ORIGIN' -L$(CUDA_HOME)/lib64 \
+		-Wl,-rpath,$(CUDA_HOME)/lib64 -lnvrtc $(B)/liblua5.4.so.0 -ldl -lpthread -lm $(LDSAN)
 
 TESTHDRS := tests/tap.h tests/ref.h tests/gpu.h cli/check.h
 

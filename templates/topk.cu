@@ -1,11 +1,12 @@
 // topk.cu - standalone top-k over a block-score tensor (MSA.md section 2).
 //
-// One warp per row (index head h, token t): KP passes, each an arg-max over
-// the row's candidates strictly after the previous pick in the order
-// (score descending, id ascending, NaN as -inf).  Each lane scans a strided
-// share of the candidates, then a butterfly reduction under the same total
-// order leaves the unique best in every lane.  Only scores[0..n-1] of a row
-// are read.  No dynamic shared memory.
+// One warp per row (index head h, token t), one pass over the row's scores:
+// each lane keeps its own best KP candidates in registers (sorted, in the
+// order score descending, id ascending, NaN as -inf; most scores fail the
+// compare with the lane's worst kept one), then KP rounds of a warp arg-max
+// over the lanes' heads merge them.  Rows with KP > 32 use KP passes of a
+// warp arg-max over the whole row instead (registers would not hold the
+// lists).  Only scores[0..n-1] of a row are read.
 #include "topk.cuh"
 
 #define TOPK_WARPS 4
@@ -38,7 +39,60 @@ msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict_
 	const float *srow = scores + (size_t)row * nb_stride;
 	int *dst = ids + (size_t)row * MSA_TOPK;
 
-	if (MSA_KP > 0 && n > MSA_TOPK) {
+	if (MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK) {
+		const int c0 = MSA_SINK, c1 = n - MSA_LOCAL;	// candidates c0..c1-1
+		float ls[MSA_KP_ALLOC];
+		int li[MSA_KP_ALLOC];
+#pragma unroll
+		for (int j = 0; j < MSA_KP_ALLOC; j++) {
+			ls[j] = -MSA_INF;
+			li[j] = 0x7fffffff;
+		}
+		for (int b = c0 + lane; b < c1; b += 32) {
+			float s = topk_rank(__ldg(srow + b));
+			if (!topk_beats(s, b, ls[MSA_KP_ALLOC - 1], li[MSA_KP_ALLOC - 1]))
+				continue;
+			// insertion from the tail; static indices keep it in registers
+#pragma unroll
+			for (int j = MSA_KP_ALLOC - 1; j > 0; j--) {
+				bool up = topk_beats(s, b, ls[j - 1], li[j - 1]);
+				bool here = !up && topk_beats(s, b, ls[j], li[j]);
+				float ns = up ? ls[j - 1] : here ? s : ls[j];
+				int ni = up ? li[j - 1] : here ? b : li[j];
+				ls[j] = ns;
+				li[j] = ni;
+			}
+			if (topk_beats(s, b, ls[0], li[0])) {
+				ls[0] = s;
+				li[0] = b;
+			}
+		}
+		for (int j = 0; j < MSA_KP; j++) {
+			float bs = ls[0];
+			int bid = li[0];
+#pragma unroll
+			for (int off = 16; off >= 1; off /= 2) {
+				float os = __shfl_xor_sync(0xffffffffu, bs, off);
+				int oid = __shfl_xor_sync(0xffffffffu, bid, off);
+				if (topk_beats(os, oid, bs, bid)) {
+					bs = os;
+					bid = oid;
+				}
+			}
+			if (lane == 0)
+				pick[warp][j] = bid;
+			if (li[0] == bid) {	// ids are unique: only the owner pops
+#pragma unroll
+				for (int e = 0; e < MSA_KP_ALLOC - 1; e++) {
+					ls[e] = ls[e + 1];
+					li[e] = li[e + 1];
+				}
+				ls[MSA_KP_ALLOC - 1] = -MSA_INF;
+				li[MSA_KP_ALLOC - 1] = 0x7fffffff;
+			}
+		}
+		__syncwarp();
+	} else if (MSA_KP > 0 && n > MSA_TOPK) {
 		const int c0 = MSA_SINK, c1 = n - MSA_LOCAL;	// candidates c0..c1-1
 		float ps = MSA_INF;	// previous pick; (+inf, -1) comes before everything
 		int pid = -1;

@@ -1,0 +1,438 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of msagen against what users run instead, in one
+run on one GPU: dense attention (torch SDPA, cuDNN and flash backends),
+top-k (torch.topk), sparse attention (FlexAttention given the same
+selection as its mask), the whole MSA prefill against dense cuDNN, and
+decode against dense decode over the same paged cache.
+
+Times are medians of CUDA-event timings after warm-up, on fresh random
+inputs.  Writes a markdown table and a PNG plot of speedup against context
+length into --out (and splices the table into bench/RESULTS.md with
+--results).
+
+    python3 bench/compare.py --out /tmp/cmp [--quick] [--results bench/RESULTS.md]
+"""
+import argparse
+import datetime
+import math
+import os
+import struct
+import sys
+import time
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "python"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import msagen  # noqa: E402
+
+SPEC = os.path.join(HERE, "..", "specs", "minimax-m3.lua")
+CEIL_TFLOPS = 790.0  # bf16 matrix-product ceiling measured on the H100
+CEIL_TBS = 3.0  # device-to-device copy bandwidth measured on the H100
+
+
+def median_ms(fn, warmup=2, reps=5, budget_s=20.0):
+    """Median of CUDA-event timings; fewer reps when one run is long."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    t_start = time.time()
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+        if time.time() - t_start > budget_s and len(times) >= 1:
+            break
+    times.sort()
+    return times[len(times) // 2]
+
+
+class Table:
+    """Rows of results; printed as they come and written as markdown."""
+
+    def __init__(self):
+        self.rows = []
+        self.notes = []
+
+    def add(self, group, what, size, ms, metric="", baseline=None, speedup=None):
+        row = dict(group=group, what=what, size=size, ms=ms, metric=metric,
+                   baseline=baseline or "", speedup=speedup)
+        self.rows.append(row)
+        sp = "" if speedup is None else f"{speedup:6.2f}x"
+        print(f"{group:8s} {what:34s} {size:>14s} {ms:10.3f} ms  {metric:28s} {sp}", flush=True)
+
+    def note(self, text):
+        self.notes.append(text)
+        print("note:", text, flush=True)
+
+    def markdown(self, header):
+        out = [header, "", "| stage | kernel | size | median ms | rate | speedup (vs) |",
+               "| --- | --- | --- | ---: | --- | --- |"]
+        for r in self.rows:
+            sp = "" if r["speedup"] is None else f"{r['speedup']:.2f}x vs {r['baseline']}"
+            out.append(f"| {r['group']} | {r['what']} | {r['size']} | {r['ms']:.3f} | {r['metric']} | {sp} |")
+        if self.notes:
+            out.append("")
+            out += [f"- {n}" for n in self.notes]
+        return "\n".join(out) + "\n"
+
+
+def rand(*shape, dtype=torch.bfloat16):
+    return torch.randn(*shape, device="cuda", dtype=torch.float32).to(dtype)
+
+
+def causal_pairs(q_len, kv_len):
+    """Visible (query, key) pairs under bottom-right causality."""
+    shift = kv_len - q_len
+    return q_len * shift + q_len * (q_len + 1) // 2
+
+
+# ---------------------------------------------------------------- dense
+
+def sdpa(backend, q, k, v):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    be = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}[backend]
+    with sdpa_kernel([be]):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def bench_dense(tab, layer, n, results):
+    hq, hkv, d = layer.heads_q, layer.heads_kv, layer.head_dim
+    q, k, v = rand(n, hq, d), rand(n, hkv, d), rand(n, hkv, d)
+    plan = layer.plan([0, n], [0, n])
+    out = torch.empty_like(q)
+    lse = torch.empty(n, hq, device="cuda", dtype=torch.float32)
+    flops = 4 * d * hq * causal_pairs(n, n)
+    ms = median_ms(lambda: plan.dense(q, k, v, out=out, lse=lse), reps=5 if n <= 32768 else 2)
+    base = {}
+    # SDPA wants [B, H, S, D]; GQA expanded so every backend takes it.
+    qt = q.transpose(0, 1).unsqueeze(0)
+    kt = k.repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
+    vt = v.repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
+    for be in ("cudnn", "flash"):
+        try:
+            base[be] = median_ms(lambda: sdpa(be, qt, kt, vt), reps=5 if n <= 32768 else 2)
+        except Exception as e:  # a backend that refuses the shape
+            tab.note(f"dense {n}: torch SDPA {be} failed: {type(e).__name__}: {str(e)[:120]}")
+    size = f"{n // 1024}K causal"
+    for be, bms in base.items():
+        tab.add("dense", f"torch SDPA {be}", size, bms, f"{flops / bms / 1e9:.0f} TFLOP/s")
+    best = min(base.values()) if base else None
+    tab.add("dense", "msagen dense_fwd", size, ms, f"{flops / ms / 1e9:.0f} TFLOP/s",
+            "fastest torch", best / ms if best else None)
+    results.setdefault("dense_cudnn", {})[n] = base.get("cudnn")
+    del qt, kt, vt
+    return base.get("cudnn")
+
+
+# ---------------------------------------------------------------- MSA prefill
+
+def msa_inputs(layer, n):
+    hq, hkv, d, di = layer.heads_q, layer.heads_kv, layer.head_dim, layer.index_dim
+    return dict(qi=rand(n, hkv, di), ki=rand(n, di), q=rand(n, hq, d), k=rand(n, hkv, d),
+                v=rand(n, hkv, d))
+
+
+def selected_pairs(layer, ids, n):
+    """Causally visible (query, key) pairs of the selection, per group."""
+    bk = layer.block
+    pos = torch.arange(n, device="cuda").view(1, n, 1)
+    valid = ids >= 0
+    start = ids.clamp(min=0) * bk
+    vis = (pos - start + 1).clamp(min=0, max=bk)
+    return int((vis * valid).sum().item())
+
+
+def bench_msa(tab, layer, n, results, dense_ms):
+    x = msa_inputs(layer, n)
+    plan = layer.plan([0, n], [0, n])
+    hq, hkv, d, di = layer.heads_q, layer.heads_kv, layer.head_dim, layer.index_dim
+    out = torch.empty_like(x["q"])
+    lse = torch.empty(n, hq, device="cuda", dtype=torch.float32)
+    ids = torch.empty(hkv, n, layer.topk, device="cuda", dtype=torch.int32)
+    reps = 5 if n <= 32768 else 2
+    t_it = median_ms(lambda: plan.index_topk(x["qi"], x["ki"], out=ids), reps=reps)
+    idx_flops = 2 * di * hkv * causal_pairs(n, n)
+    pairs = selected_pairs(layer, ids, n)
+    sp_flops = 4 * d * (hq // hkv) * pairs
+    t_sp = {}
+    for mode, name in ((1, "query-outer"), (2, "KV-outer")):
+        p2 = layer.plan([0, n], [0, n], sparse_mode=mode)
+        t_sp[name] = median_ms(lambda: p2.sparse(x["q"], x["k"], x["v"], ids, out=out, lse=lse), reps=reps)
+        del p2
+    t_all = median_ms(lambda: plan.attention(x["qi"], x["ki"], x["q"], x["k"], x["v"], out=out, lse=lse),
+                      reps=reps)
+    size = f"{n // 1024}K"
+    tab.add("msa", "index + fused top-k", size, t_it, f"{idx_flops / t_it / 1e9:.0f} TFLOP/s")
+    for name, t in t_sp.items():
+        tab.add("msa", f"sparse attention, {name}", size, t, f"{sp_flops / t / 1e9:.0f} TFLOP/s")
+    tab.add("msa", "whole MSA prefill", size, t_all, "", "dense cuDNN causal",
+            dense_ms / t_all if dense_ms else None)
+    results.setdefault("msa", {})[n] = t_all
+    return ids, x, plan
+
+
+# ---------------------------------------------------------------- top-k
+
+def bench_topk(tab, layer, n):
+    hkv, bk = layer.heads_kv, layer.block
+    nb = (n + bk - 1) // bk
+    scores = torch.randn(hkv, n, nb, device="cuda", dtype=torch.float32)
+    plan = layer.plan([0, n], [0, n])
+    ids = torch.empty(hkv, n, layer.topk, device="cuda", dtype=torch.int32)
+    t_ms = median_ms(lambda: plan.topk(scores, out=ids))
+    t_torch = median_ms(lambda: torch.topk(scores, layer.topk, dim=-1))
+    gb = scores.numel() * 4 / 2 / 1e9  # causal rows read about half
+    size = f"{n // 1024}K x {nb}"
+    tab.add("topk", "torch.topk (all blocks)", size, t_torch, "")
+    tab.add("topk", "msagen topk (causal rows)", size, t_ms, f"{gb / t_ms:.0f} GB/s of scores",
+            "torch.topk", t_torch / t_ms)
+
+
+# ---------------------------------------------------------------- FlexAttention
+
+def bench_flex(tab, layer, n, ids, x, plan):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    hq, hkv, bk, nb = layer.heads_q, layer.heads_kv, layer.block, (n + layer.block - 1) // layer.block
+    sel = torch.zeros(hkv, n, nb, device="cuda", dtype=torch.bool)
+    sel.scatter_(2, ids.clamp(min=0).long(), ids >= 0)
+    g = hq // hkv
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return sel[h // g, q_idx, kv_idx // bk] & (kv_idx <= q_idx)
+
+    bm = create_block_mask(mask_mod, B=1, H=hq, Q_LEN=n, KV_LEN=n, device="cuda")
+    flex = torch.compile(flex_attention)
+    qt = x["q"].transpose(0, 1).unsqueeze(0)
+    kt = x["k"].transpose(0, 1).unsqueeze(0)
+    vt = x["v"].transpose(0, 1).unsqueeze(0)
+    t_flex = median_ms(lambda: flex(qt, kt, vt, block_mask=bm, enable_gqa=True), reps=3)
+    out = torch.empty_like(x["q"])
+    lse = torch.empty(n, hq, device="cuda", dtype=torch.float32)
+    t_ms = median_ms(lambda: plan.sparse(x["q"], x["k"], x["v"], ids, out=out, lse=lse))
+    size = f"{n // 1024}K"
+    tab.add("sparse", "FlexAttention (selection as mask)", size, t_flex, "")
+    tab.add("sparse", "msagen sparse attention", size, t_ms, "", "FlexAttention", t_flex / t_ms)
+
+
+# ---------------------------------------------------------------- decode
+
+def bench_decode(tab, layer, batch, ctx, results):
+    hq, hkv, d, di, bk = layer.heads_q, layer.heads_kv, layer.head_dim, layer.index_dim, layer.block
+    per = (ctx + bk - 1) // bk
+    pages = batch * per
+    k_pages, v_pages = rand(pages, hkv, bk, d), rand(pages, hkv, bk, d)
+    ki_pages = rand(pages, bk, di)
+    table = torch.randperm(pages, device="cuda", dtype=torch.int32).view(batch, per)
+    cu_q = list(range(batch + 1))
+    cu_kv = [i * ctx for i in range(batch + 1)]
+    plan = layer.plan(cu_q, cu_kv, page_table=table.cpu(), num_pages=pages)
+    q, qi = rand(batch, hq, d), rand(batch, hkv, di)
+    out = torch.empty_like(q)
+    lse = torch.empty(batch, hq, device="cuda", dtype=torch.float32)
+    t_msa = median_ms(lambda: plan.attention(qi, ki_pages, q, k_pages, v_pages, out=out, lse=lse), reps=7)
+    t_dense = median_ms(lambda: plan.dense(q, k_pages, v_pages, out=out, lse=lse), reps=7)
+    sel_bytes = batch * hkv * min(layer.topk, per) * bk * d * 2 * 2
+    idx_bytes = batch * ctx * di * 2
+    gbs = (sel_bytes + idx_bytes) / t_msa / 1e6
+    dense_gbs = batch * ctx * hkv * d * 2 * 2 / t_dense / 1e6
+    size = f"b{batch} {ctx // 1024}K"
+    tab.add("decode", "dense decode (msagen, paged)", size, t_dense, f"{dense_gbs:.0f} GB/s")
+    tab.add("decode", "MSA decode (index+top-k+sparse)", size, t_msa,
+            f"{gbs:.0f} GB/s ({100 * gbs / 1000 / CEIL_TBS:.0f}% of copy)", "dense decode", t_dense / t_msa)
+    results.setdefault("decode", {})[(batch, ctx)] = t_dense / t_msa
+
+
+# ---------------------------------------------------------------- plot
+
+FONT = {  # 3x5 digits and a few letters for axis labels
+    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
+    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001001001001",
+    "8": "111101111101111", "9": "111101111001111", "K": "101101110101101", "M": "101111111101101",
+    "x": "000101010101000", ".": "000000000000010", " ": "000000000000000",
+}
+
+
+def write_png(path, series, xs_label="context"):
+    """A small line plot (log-x) without external libraries."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for name, pts in series.items():
+            pts = sorted(pts)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context length (tokens)")
+        ax.set_ylabel("speedup over dense")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.legend()
+        ax.set_title("msagen MSA speedup over dense attention (H100)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return
+    except ImportError:
+        pass
+    w, h, m = 640, 400, 50
+    img = [[255] * (w * 3) for _ in range(h)]
+    colors = [(200, 30, 30), (30, 30, 200), (30, 150, 30), (150, 100, 0)]
+    allp = [p for pts in series.values() for p in pts]
+    if not allp:
+        return
+    x0, x1 = math.log2(min(p[0] for p in allp)), math.log2(max(p[0] for p in allp)) + 1e-9
+    y1 = max(p[1] for p in allp) * 1.1
+
+    def px(x, y, c):
+        if 0 <= x < w and 0 <= y < h:
+            img[y][3 * x:3 * x + 3] = c
+
+    def text(s, x, y, c=(0, 0, 0)):
+        for ch in s:
+            bits = FONT.get(ch, FONT[" "])
+            for i, bit in enumerate(bits):
+                if bit == "1":
+                    for dx in range(2):
+                        for dy in range(2):
+                            px(x + 2 * (i % 3) + dx, y + 2 * (i // 3) + dy, c)
+            x += 8
+
+    def to_xy(x, y):
+        return (int(m + (math.log2(x) - x0) / (x1 - x0) * (w - 2 * m)), int(h - m - y / y1 * (h - 2 * m)))
+
+    for x in range(m, w - m):
+        px(x, h - m, (0, 0, 0))
+    for y in range(m, h - m):
+        px(m, y, (0, 0, 0))
+    for t in range(0, int(y1) + 1, max(1, int(y1) // 5)):
+        text(str(t), 10, to_xy(2 ** x0, t)[1] - 4)
+    for ci, (name, pts) in enumerate(series.items()):
+        pts = sorted(pts)
+        c = colors[ci % len(colors)]
+        for (xa, ya), (xb, yb) in zip(pts, pts[1:]):
+            (ax_, ay), (bx, by) = to_xy(xa, ya), to_xy(xb, yb)
+            steps = max(abs(bx - ax_), abs(by - ay), 1)
+            for s in range(steps + 1):
+                px(ax_ + (bx - ax_) * s // steps, ay + (by - ay) * s // steps, c)
+        for x, y in pts:
+            cx, cy = to_xy(x, y)
+            for dx in range(-2, 3):
+                for dy in range(-2, 3):
+                    px(cx + dx, cy + dy, c)
+            label = f"{x // 1048576}M" if x >= 1048576 else f"{x // 1024}K"
+            text(label, cx - 8, h - m + 8)
+    raw = b"".join(b"\x00" + bytes(row) for row in img)
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xffffffff)
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+# ---------------------------------------------------------------- main
+
+def splice(results_path, md):
+    """Replace the section between the markers in RESULTS.md."""
+    begin, end = "<!-- compare.py begin -->", "<!-- compare.py end -->"
+    text = open(results_path).read() if os.path.exists(results_path) else "# Results\n"
+    block = f"{begin}\n{md}{end}\n"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end) + 1:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    open(results_path, "w").write(text)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="bench-out", help="directory for compare.md and speedup.png")
+    ap.add_argument("--results", help="RESULTS.md to splice the table into")
+    ap.add_argument("--quick", action="store_true", help="8K and 32K only (a smoke run)")
+    ap.add_argument("--skip", default="", help="comma list of stages to skip: dense,topk,flex,msa,decode")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    skip = set(filter(None, args.skip.split(",")))
+    torch.manual_seed(int(time.time()))
+    layer = msagen.load(SPEC)
+    tab = Table()
+    dev = torch.cuda.get_device_name()
+    when = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC")
+    print(f"device {dev}, torch {torch.__version__}, {when}", flush=True)
+    sizes = [8192, 32768] if args.quick else [8192, 32768, 131072]
+    results = {}
+    for n in sizes:
+        dense_ms = None
+        if "dense" not in skip:
+            try:
+                dense_ms = bench_dense(tab, layer, n, results)
+            except Exception as e:
+                tab.note(f"dense {n} failed: {type(e).__name__}: {str(e)[:200]}")
+        if "topk" not in skip:
+            try:
+                bench_topk(tab, layer, n)
+            except Exception as e:
+                tab.note(f"topk {n} failed: {type(e).__name__}: {str(e)[:200]}")
+        if "msa" not in skip:
+            try:
+                ids, x, plan = bench_msa(tab, layer, n, results, dense_ms)
+                if "flex" not in skip and n <= 32768:
+                    try:
+                        bench_flex(tab, layer, n, ids, x, plan)
+                    except Exception as e:
+                        tab.note(f"FlexAttention {n} failed: {type(e).__name__}: {str(e)[:200]}")
+                del ids, x, plan
+            except Exception as e:
+                tab.note(f"msa {n} failed: {type(e).__name__}: {str(e)[:200]}")
+        torch.cuda.empty_cache()
+    if not args.quick and "msa" not in skip:
+        n = 1 << 20
+        d128 = results.get("dense_cudnn", {}).get(131072)
+        d1m = d128 * 64 if d128 else None  # causal dense grows as n^2
+        if d1m:
+            tab.note(f"dense cuDNN at 1M is extrapolated: {d128:.1f} ms at 128K x 64 = {d1m:.0f} ms")
+        try:
+            bench_msa(tab, layer, n, results, d1m)
+        except Exception as e:
+            tab.note(f"msa 1M failed: {type(e).__name__}: {str(e)[:200]}")
+        torch.cuda.empty_cache()
+    if "decode" not in skip:
+        for batch in (1, 8, 32, 128):
+            for ctx in (8192, 131072, 1 << 20):
+                if batch * ctx > (16 << 20) or (args.quick and ctx > 131072):
+                    continue
+                try:
+                    bench_decode(tab, layer, batch, ctx, results)
+                except Exception as e:
+                    tab.note(f"decode b{batch} {ctx} failed: {type(e).__name__}: {str(e)[:200]}")
+                torch.cuda.empty_cache()
+    series = {}
+    for n, t in results.get("msa", {}).items():
+        dn = results.get("dense_cudnn", {}).get(n) or (results.get("dense_cudnn", {}).get(131072, 0) * (n / 131072) ** 2)
+        if dn:
+            series.setdefault("MSA prefill vs dense cuDNN", []).append((n, dn / t))
+    for (b, ctx), sp in results.get("decode", {}).items():
+        if b in (1, 8):
+            series.setdefault(f"MSA decode b{b} vs dense decode", []).append((ctx, sp))
+    write_png(os.path.join(args.out, "speedup.png"), series)
+    header = (f"## compare.py: msagen vs the baselines\n\n{dev}, torch {torch.__version__}, {when}.\n"
+              f"Command: `python3 bench/compare.py --out OUT{' --quick' if args.quick else ''}`. "
+              f"MiniMax-M3 layer (Hq 64, Hkv 4, D 128, Di 128, Bk 128, k 16, bf16). Rates against the "
+              f"measured ceilings: {CEIL_TFLOPS:.0f} TFLOP/s bf16, {CEIL_TBS:.1f} TB/s copy.")
+    md = tab.markdown(header)
+    open(os.path.join(args.out, "compare.md"), "w").write(md)
+    if args.results:
+        splice(args.results, md)
+    print("wrote", os.path.join(args.out, "compare.md"), "and speedup.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -79,7 +79,7 @@ $(B)/bench/%: bench/%.c $(B)/libmsagen.a
 
 # The CPU tests run under prove; GPU tests skip themselves without a GPU.
 test: all
-	MSAGEN_BIN=$(CURDIR)/$(B)/msagen prove -f --exec '' $(TESTS)
+	MSAGEN_BIN=$(CURDIR)/$(B)/msagen prove -f --exec '' $(TESTS) tests/t_python.py
 
 # The tests that need neither NVRTC nor a GPU (for the sanitizer build).
 CPUTESTS := $(filter %/t_spec %/t_cache %/t_ref,$(TESTS))

@@ -57,9 +57,11 @@ def median_ms(fn, warmup=2, reps=5, budget_s=20.0):
 class Table:
     """Rows of results; printed as they come and written as markdown."""
 
-    def __init__(self):
+    def __init__(self, path=None, header=""):
         self.rows = []
         self.notes = []
+        self.path = path  # rewritten after every row: a cut-off run keeps what it measured
+        self.header = header
 
     def add(self, group, what, size, ms, metric="", baseline=None, speedup=None):
         row = dict(group=group, what=what, size=size, ms=ms, metric=metric,
@@ -67,10 +69,17 @@ class Table:
         self.rows.append(row)
         sp = "" if speedup is None else f"{speedup:6.2f}x"
         print(f"{group:8s} {what:34s} {size:>14s} {ms:10.3f} ms  {metric:28s} {sp}", flush=True)
+        self.save()
+
+    def save(self):
+        if self.path:
+            with open(self.path, "w") as f:
+                f.write(self.markdown(self.header))
 
     def note(self, text):
         self.notes.append(text)
         print("note:", text, flush=True)
+        self.save()
 
     def markdown(self, header):
         out = [header, "", "| stage | kernel | size | median ms | rate | speedup (vs) |",
@@ -363,9 +372,13 @@ def main():
     skip = set(filter(None, args.skip.split(",")))
     torch.manual_seed(int(time.time()))
     layer = msagen.load(SPEC)
-    tab = Table()
     dev = torch.cuda.get_device_name()
     when = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC")
+    header = (f"## compare.py: msagen vs the baselines\n\n{dev}, torch {torch.__version__}, {when}.\n"
+              f"Command: `python3 bench/compare.py --out OUT{' --quick' if args.quick else ''}`. "
+              f"MiniMax-M3 layer (Hq 64, Hkv 4, D 128, Di 128, Bk 128, k 16, bf16). Rates against the "
+              f"measured ceilings: {CEIL_TFLOPS:.0f} TFLOP/s bf16, {CEIL_TBS:.1f} TB/s copy.")
+    tab = Table(os.path.join(args.out, "compare.md"), header)
     print(f"device {dev}, torch {torch.__version__}, {when}", flush=True)
     sizes = [8192, 32768] if args.quick else [8192, 32768, 131072]
     results = {}
@@ -423,10 +436,6 @@ def main():
         if b in (1, 8):
             series.setdefault(f"MSA decode b{b} vs dense decode", []).append((ctx, sp))
     write_png(os.path.join(args.out, "speedup.png"), series)
-    header = (f"## compare.py: msagen vs the baselines\n\n{dev}, torch {torch.__version__}, {when}.\n"
-              f"Command: `python3 bench/compare.py --out OUT{' --quick' if args.quick else ''}`. "
-              f"MiniMax-M3 layer (Hq 64, Hkv 4, D 128, Di 128, Bk 128, k 16, bf16). Rates against the "
-              f"measured ceilings: {CEIL_TFLOPS:.0f} TFLOP/s bf16, {CEIL_TBS:.1f} TB/s copy.")
     md = tab.markdown(header)
     open(os.path.join(args.out, "compare.md"), "w").write(md)
     if args.results:

@@ -391,8 +391,8 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		*smem = (v->tune[0] + 4 * v->tune[1]) * l->head_dim * 2;
 		return;
 	case MSA_K_SPARSE_FWD: {
-		int rows = (l->group + 15) / 16 * 16;
-		*threads = rows * 2;
+		int rw = (l->group + 15) / 16, cw = rw >= 4 ? 1 : 4 / rw, rows = rw * 16;
+		*threads = rw * cw * 32;	/* warps split rows, then tile columns */
 		*smem = (rows + 4 * 64) * l->head_dim * 2 + (l->topk * (l->block / 64) + 1) * 4;
 		return;
 	}

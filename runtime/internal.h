@@ -338,6 +338,9 @@ struct msa_plan {
 	msa_kernel *k_scores, *k_itopk, *k_topk, *k_sparse, *k_combine, *k_dense;
 	msa_kernel *k_gather, *k_kvo;
 	int mode;		/* MSA_SPARSE_QO or _KVO */
+	int ksplit;		/* index_scores CTAs per (query tile, head, request) */
+	int unfused;		/* msa_attention: scores + top-k (decode), not fused */
+	CUdeviceptr scores_ws;	/* [Hi, total_q, nb_max] when unfused */
 	int chunk;		/* queries per KV-outer pass */
 	int nbt, max_tiles;	/* blocks of all requests; tiles per pass */
 	CUdeviceptr blk_off;	/* [batch+1] first block of each request */

@@ -67,6 +67,20 @@ static int pick_nsplit(const msa_plan *p, int want)
 	return n < l->topk ? n : l->topk;
 }
 
+/* Few (query tile, head, request) CTAs for long contexts: split each
+ * request's blocks over CTAs; msa_attention then goes through the score
+ * tensor (small for decode) instead of the fused kernel. */
+static void pick_index_split(msa_plan *p)
+{
+	const msa_layer *l = &p->mod->layer;
+	long ctas = (long)(p->max_q + 63) / 64 * l->heads_kv * p->batch;
+	size_t bytes = (size_t)l->heads_kv * p->total_q * p->nb_max * 4;
+	p->ksplit = 1;
+	while (ctas * p->ksplit < 2L * p->mod->sms && p->ksplit * 4 <= p->nb_max)
+		p->ksplit *= 2;
+	p->unfused = p->ksplit > 1 && bytes <= ((size_t)64 << 20);
+}
+
 static void plan_scales(msa_plan *p, const msa_batch *b)
 {
 	const msa_layer *l = &p->mod->layer;
@@ -103,6 +117,10 @@ static int plan_upload(msa_plan *p, const msa_batch *b)
 		return rc;
 	if (npt && (rc = msa_cu_check(cu->MemcpyHtoD(p->pages, b->page_table, npt), "cuMemcpyHtoD",
 				      ctx->err, sizeof ctx->err)))
+		return rc;
+	if (p->unfused && (rc = msa_cu_check(cu->MemAlloc(&p->scores_ws, (size_t)l->heads_kv * p->total_q *
+							   (size_t)p->nb_max * 4 + 16),
+					     "cuMemAlloc(scores)", ctx->err, sizeof ctx->err)))
 		return rc;
 	if (p->nsplit > 1) {
 		size_t rows = (size_t)p->total_q * l->heads_q * (size_t)p->nsplit;
@@ -184,6 +202,7 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 			max_kv = b->cu_kv[r + 1] - b->cu_kv[r];
 	p->nb_max = (max_kv + mod->layer.block - 1) / mod->layer.block;
 	p->nsplit = pick_nsplit(p, b->nsplit);
+	pick_index_split(p);
 	plan_scales(p, b);
 	if (b->sparse_mode < 0 || b->sparse_mode > 2) {
 		free(p);
@@ -218,6 +237,8 @@ void msa_plan_free(msa_plan *p)
 		p->mod->cu->MemFree(p->part_o);
 	if (p->kvo)
 		p->mod->cu->MemFree(p->kvo);
+	if (p->scores_ws)
+		p->mod->cu->MemFree(p->scores_ws);
 	free(p);
 }
 
@@ -257,11 +278,11 @@ static int run_index(msa_plan *p, msa_kernel *k, const void *qi, const void *ki,
 {
 	const msa_layer *l = &p->mod->layer;
 	CUdeviceptr pt = p->pages;
-	int stride = p->pages_per_req, nbs = p->nb_max;
-	void *args[] = {&qi, &ki, &p->cu_q, &p->cu_kv, &pt, &stride, &p->idx_scale, &ids, &scores, &nbs};
+	int stride = p->pages_per_req, nbs = p->nb_max, ks = scores ? p->ksplit : 1;
+	void *args[] = {&qi, &ki, &p->cu_q, &p->cu_kv, &pt, &stride, &p->idx_scale, &ids, &scores, &nbs, &ks};
 	if (p->max_q == 0)
 		return MSA_OK;
-	return msa_launch(p->mod->ctx, k, (unsigned)((p->max_q + 63) / 64), (unsigned)l->heads_kv,
+	return msa_launch(p->mod->ctx, k, (unsigned)((p->max_q + 63) / 64 * ks), (unsigned)l->heads_kv,
 			  (unsigned)p->batch, args, stream);
 }
 
@@ -363,7 +384,15 @@ int msa_attention(msa_plan *p, const void *qi, const void *ki, const void *q, co
 {
 	NEED(p, "msa_attention", "qi ki q k v out lse", qi, ki, q, k, v, out, lse);
 	int32_t *ids = (int32_t *)(uintptr_t)p->ids;
-	int rc = run_index(p, p->k_itopk, qi, ki, ids, NULL, stream);
+	float *scores = (float *)(uintptr_t)p->scores_ws;
+	int rc;
+	if (p->unfused) {	/* decode: scores split over CTAs, then top-k */
+		rc = run_index(p, p->k_scores, qi, ki, NULL, scores, stream);
+		if (rc == MSA_OK)
+			rc = msa_topk(p, scores, ids, stream);
+	} else {
+		rc = run_index(p, p->k_itopk, qi, ki, ids, NULL, stream);
+	}
 	return rc ? rc : msa_sparse_attn(p, q, k, v, ids, out, lse, stream);
 }
 

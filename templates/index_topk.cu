@@ -120,11 +120,15 @@ extern "C" __global__ void __launch_bounds__(ITK_NT, 4)
 msa_index_topk(const void *__restrict__ qi, const void *__restrict__ ki,
 	       const int *__restrict__ cu_q, const int *__restrict__ cu_kv,
 	       const int *__restrict__ page_table, int pt_stride, float score_scale,
-	       int *__restrict__ ids, float *__restrict__ scores, int nb_stride)
+	       int *__restrict__ ids, float *__restrict__ scores, int nb_stride, int ksplit)
 {
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	itk_smem_t &sm = *reinterpret_cast<itk_smem_t *>(smem_raw);
-	const int m0 = blockIdx.x * ITK_BM, h = blockIdx.y, req = blockIdx.z;
+	// index_scores may split a request's blocks over ksplit CTAs (decode:
+	// few queries, long contexts); grid.x = query tiles x ksplit.
+	const int ks = MSA_WRITE_SCORES ? blockIdx.x % ksplit : 0;
+	const int m0 = (MSA_WRITE_SCORES ? blockIdx.x / ksplit : blockIdx.x) * ITK_BM;
+	const int h = blockIdx.y, req = blockIdx.z;
 	const int q0 = cu_q[req], q_len = cu_q[req + 1] - q0;
 	if (m0 >= q_len)
 		return;
@@ -137,6 +141,12 @@ msa_index_topk(const void *__restrict__ qi, const void *__restrict__ ki,
 	const int p_last = shift + min(m0 + ITK_BM, q_len) - 1;
 	const int nb = topk_visible_blocks(p_last);	// blocks visited: 0..nb-1
 	const int ntiles = p_last < 0 ? 0 : p_last / ITK_BN + 1;
+	int it0 = 0, it1 = ntiles;	// this CTA's tiles
+	if (MSA_WRITE_SCORES && ksplit > 1) {
+		const int bps = (nb + ksplit - 1) / ksplit, tpb = ITK_BK / ITK_BN;
+		it0 = min(ntiles, ks * bps * tpb);
+		it1 = min(ntiles, (ks + 1) * bps * tpb);
+	}
 
 	const u8 *qb = (const u8 *)qi + ((size_t)q0 * MSA_HKV + h) * ITK_ROWB;
 	auto qrow = [&](int r) -> const void * {
@@ -156,8 +166,8 @@ msa_index_topk(const void *__restrict__ qi, const void *__restrict__ ki,
 	// Prologue: Q tile and K tile 0.
 #if ITK_FP8
 	itk_load_raw<ITK_BM, ITK_ROWB>(sm.raw[1], qi, qrow);
-	if (ntiles > 0)
-		itk_load_raw<ITK_BN, ITK_ROWB>(sm.raw[0], qi, krow(0));
+	if (it0 < it1)
+		itk_load_raw<ITK_BN, ITK_ROWB>(sm.raw[0], qi, krow(it0 * ITK_BN));
 	cp_async_commit();
 	cp_async_wait<0>();
 	__syncthreads();
@@ -165,8 +175,8 @@ msa_index_topk(const void *__restrict__ qi, const void *__restrict__ ki,
 	__syncthreads();	// raw[1] is free again, sm.q is ready
 #else
 	itk_load16<ITK_BM, ITK_DI>(sm.q, qi, qrow);
-	if (ntiles > 0)
-		itk_load16<ITK_BN, ITK_DI>(sm.k[0], qi, krow(0));
+	if (it0 < it1)
+		itk_load16<ITK_BN, ITK_DI>(sm.k[0], qi, krow(it0 * ITK_BN));
 	cp_async_commit();
 	cp_async_wait<0>();
 	__syncthreads();
@@ -212,22 +222,22 @@ msa_index_topk(const void *__restrict__ qi, const void *__restrict__ ki,
 	const float sc = ITK_FP8 ? score_scale * 65536.f : score_scale;
 	float bm[2] = {-MSA_INF, -MSA_INF};	// running max of the current block, unscaled
 
-	for (int it = 0; it < ntiles; it++) {
-		const int n0 = it * ITK_BN;
+	for (int it = it0; it < it1; it++) {
+		const int n0 = it * ITK_BN, st = (it - it0) & 1;	// ring stage
 		cp_async_wait<0>();
 		__syncthreads();	// tile it landed; everyone is done with tile it-1
 #if ITK_FP8
-		if (it + 1 < ntiles)
-			itk_load_raw<ITK_BN, ITK_ROWB>(sm.raw[(it + 1) & 1], qi, krow(n0 + ITK_BN));
+		if (it + 1 < it1)
+			itk_load_raw<ITK_BN, ITK_ROWB>(sm.raw[st ^ 1], qi, krow(n0 + ITK_BN));
 		cp_async_commit();
-		itk_widen<ITK_BN, ITK_DI>(sm.k[0], sm.raw[it & 1]);
+		itk_widen<ITK_BN, ITK_DI>(sm.k[0], sm.raw[st]);
 		__syncthreads();
 		const u16 *kt = sm.k[0];
 #else
-		if (it + 1 < ntiles)
-			itk_load16<ITK_BN, ITK_DI>(sm.k[(it + 1) & 1], qi, krow(n0 + ITK_BN));
+		if (it + 1 < it1)
+			itk_load16<ITK_BN, ITK_DI>(sm.k[st ^ 1], qi, krow(n0 + ITK_BN));
 		cp_async_commit();
-		const u16 *kt = sm.k[it & 1];
+		const u16 *kt = sm.k[st];
 #endif
 		if (n0 <= wlast_p) {
 			float s[ITK_BN / 8][4];
@@ -241,7 +251,7 @@ msa_index_topk(const void *__restrict__ qi, const void *__restrict__ ki,
 						bm[e / 2] = fmaxf(bm[e / 2], s[j][e]);
 				}
 		}
-		if ((n0 + ITK_BN) % ITK_BK == 0 || it == ntiles - 1) {
+		if ((n0 + ITK_BN) % ITK_BK == 0 || it == it1 - 1) {
 			// Block b is complete (uniform over the CTA: all lanes shuffle).
 			const int b = n0 / ITK_BK;
 			float bs[2];
@@ -291,7 +301,7 @@ msa_index_topk(const void *__restrict__ qi, const void *__restrict__ ki,
 
 #if MSA_WRITE_SCORES
 	// Blocks nb .. nb_stride-1: no row of this CTA sees them.
-	for (int x = 0; x < 16; x++) {
+	for (int x = 0; x < 16 && ks == 0; x++) {
 		const int i = wfirst + x;
 		if (i >= q_len)
 			break;

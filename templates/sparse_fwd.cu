@@ -1,7 +1,9 @@
 // sparse_fwd.cu - the MSA main branch, query-outer: one CTA takes one query
 // token and one KV group, packs the group's G query heads into the rows of
 // its warps (16 per warp; rows >= G are padding) and folds in the group's
-// selected blocks, causal inside them.  With nsplit > 1 the selected slots
+// selected blocks, causal inside them.  With G <= 32 there are too few rows
+// to keep four warps busy, so the warps also split each key tile by
+// columns (each its own online softmax) and merge at the end.  With nsplit > 1 the selected slots
 // are split over CTAs (decode with few queries) and each writes a partial
 // (o, lse) that msa_combine merges.  KV is contiguous or paged.
 #include "attn.cuh"
@@ -10,9 +12,12 @@
 #define BN 64
 #define BK MSA_BLOCK
 #define K MSA_TOPK
-#define NWARPS ((MSA_G + 15) / 16)
+#define RW ((MSA_G + 15) / 16)	// warps along rows
+#define CW (RW >= 4 ? 1 : 4 / RW)	// warps along each tile's columns
+#define BNW (BN / CW)		// keys per warp per tile
+#define NWARPS (RW * CW)
 #define NTHREADS (NWARPS * 32)
-#define ROWS (NWARPS * 16)
+#define ROWS (RW * 16)
 #define ES ELEM_BYTES(MSA_DT_Q)
 #define MDT MMA_DT(MSA_DT_Q)
 #define SUBS (BK / BN)
@@ -22,6 +27,7 @@ typedef dtype_traits<MSA_DT_OUT>::T out_t;
 
 static_assert(MSA_DT_Q == MSA_DT_KV, "sparse_fwd: q and kv must have one type");
 static_assert(BK % BN == 0, "sparse_fwd: block size is a multiple of 64");
+static_assert(NWARPS * 32 * (D / 2 + 4) * 4 <= 4 * BN * D * 2, "sparse_fwd: merge space fits the tiles");
 
 struct smem_t {
 	u16 q[ROWS * D];
@@ -33,6 +39,52 @@ struct smem_t {
 #ifdef MSA_SMEM_BYTES
 static_assert(sizeof(smem_t) <= MSA_SMEM_BYTES, "sparse_fwd: generator's shared-memory size is too small");
 #endif
+
+// Fold the column warps' (m, l, o) of each row warp into column warp 0.
+// Every warp has the same fragment layout, so values merge position by
+// position; the K/V tiles are free by now and hold the exchange.
+__device__ __forceinline__ void merge_columns(smem_t &sm, row_state &st, float (&o)[D / 8][4],
+					      int rw, int cw, int lane)
+{
+	float *xo = reinterpret_cast<float *>(sm.k);	// [NWARPS][32][D/2] + m, l
+	float *xm = xo + NWARPS * 32 * (D / 2);
+	const int w = cw * RW + rw;
+	__syncthreads();	// every warp is done with the tiles
+	if (cw != 0) {
+#pragma unroll
+		for (int j = 0; j < D / 8; j++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				xo[((size_t)w * 32 + lane) * (D / 2) + j * 4 + e] = o[j][e];
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			xm[(w * 32 + lane) * 4 + h] = st.m[h];
+			xm[(w * 32 + lane) * 4 + 2 + h] = st.l[h];
+		}
+	}
+	__syncthreads();
+	if (cw != 0)
+		return;
+	for (int c = 1; c < CW; c++) {
+		const int wc = c * RW + rw;
+		float a[2], b[2];
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			float mc = xm[(wc * 32 + lane) * 4 + h], lc = xm[(wc * 32 + lane) * 4 + 2 + h];
+			float m = fmaxf(st.m[h], mc), base = m == -MSA_INF ? 0.f : m;
+			a[h] = st.m[h] == -MSA_INF ? 0.f : fast_exp2(st.m[h] - base);
+			b[h] = mc == -MSA_INF ? 0.f : fast_exp2(mc - base);
+			st.m[h] = m;
+			st.l[h] = st.l[h] * a[h] + lc * b[h];
+		}
+#pragma unroll
+		for (int j = 0; j < D / 8; j++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				o[j][e] = o[j][e] * a[e / 2] +
+					  xo[((size_t)wc * 32 + lane) * (D / 2) + j * 4 + e] * b[e / 2];
+	}
+}
 
 __device__ __forceinline__ int find_request(const int *cu_q, int batch, int t)
 {
@@ -59,6 +111,7 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	smem_t &sm = *reinterpret_cast<smem_t *>(smem_raw);
 	const int t = blockIdx.x, g = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
 	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+	const int rw = warp % RW, cw = warp / RW;
 	const int r = find_request(cu_q, batch, t);
 	const int q_len = cu_q[r + 1] - cu_q[r], k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
 	const int p = kv_len - q_len + (t - cu_q[r]);	// last key this query sees
@@ -107,7 +160,7 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	__syncthreads();
 
 	u32 qa[D / 16][4];
-	load_a_frags<D>(qa, sm.q, warp * 16, lane);
+	load_a_frags<D>(qa, sm.q, rw * 16, lane);
 	float o[D / 8][4];
 #pragma unroll
 	for (int j = 0; j < D / 8; j++)
@@ -122,27 +175,32 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		if (it + 1 < ntiles)
 			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.k[stg ^ 1], q, krow(k, sm.tile_start[it + 1]));
 		cp_async_commit();
-		float s[BN / 8][4];
-		qk_tile<D, BN, MDT>(qa, sm.k[stg], s, lane);
-		scale_mask<BN>(s, scale_log2, lane, [&](int, int col) {
-			return n0 + col <= p && n0 + col < kv_len;
+		float s[BNW / 8][4];
+		const int c0 = n0 + cw * BNW;	// this warp's first key
+		qk_tile<D, BNW, MDT>(qa, sm.k[stg] + cw * BNW * D, s, lane);
+		scale_mask<BNW>(s, scale_log2, lane, [&](int, int col) {
+			return c0 + col <= p && c0 + col < kv_len;
 		});
-		u32 pa[BN / 16][4];
-		online_softmax<D, BN, MDT>(s, st, o, pa);
+		u32 pa[BNW / 16][4];
+		online_softmax<D, BNW, MDT>(s, st, o, pa);
 		cp_async_wait<1>();
 		__syncthreads();
 		if (it + 1 < ntiles)
 			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.v[stg ^ 1], q, krow(v, sm.tile_start[it + 1]));
 		cp_async_commit();
-		pv_tile<D, BN, MDT>(pa, sm.v[stg], o, lane);
+		pv_tile<D, BNW, MDT>(pa, sm.v[stg] + cw * BNW * D, o, lane);
 	}
 	cp_async_wait<0>();
+	if (CW > 1)
+		merge_columns(sm, st, o, rw, cw, lane);
+	if (cw != 0)
+		return;
 
 #pragma unroll
 	for (int half = 0; half < 2; half++) {
 		float inv;
 		const float l = row_finish(st, half, inv);
-		const int row = warp * 16 + lane / 4 + half * 8;
+		const int row = rw * 16 + lane / 4 + half * 8;
 		if (row >= MSA_G)
 			continue;
 		const size_t at = (size_t)t * MSA_HQ + g * MSA_G + row;

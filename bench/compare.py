@@ -369,7 +369,7 @@ def splice(results_path, md):
     """Replace the section between the markers in RESULTS.md."""
     begin, end = "<!-- compare.py begin -->", "<!-- compare.py end -->"
     text = open(results_path).read() if os.path.exists(results_path) else "# Results\n"
-    block = f"{begin}\n{md}{end}\n"
+    block = f"{begin}\n{md}\n![speedup against context length](speedup.png)\n\n{end}\n"
     if begin in text and end in text:
         text = text[:text.index(begin)] + block + text[text.index(end) + len(end) + 1:]
     else:

@@ -215,9 +215,11 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 		return msa_ctx_fail(ctx, MSA_EUNSUPPORTED, "layer %s: the KV-outer form needs G a power "
 				    "of two <= 128 and q, kv of one type", mod->layer.name);
 	}
-	if (p->mode == MSA_SPARSE_AUTO)	/* many queries: share each block's loads */
-		p->mode = msa_layer_supports(&mod->layer, MSA_K_SPARSE_KVO) && p->nsplit == 1 &&
-				  p->total_q >= 64 ? MSA_SPARSE_KVO : MSA_SPARSE_QO;
+	/* Measured on the H100 (bench/RESULTS.md): the query-outer form is as
+	 * fast at 8K-128K and twice as fast at 1M, where the KV-outer form's
+	 * fp32 partials dominate; KV-outer stays available on request. */
+	if (p->mode == MSA_SPARSE_AUTO)
+		p->mode = MSA_SPARSE_QO;
 	if ((rc = plan_kernels(p)) || (rc = plan_upload(p, b)) ||
 	    (p->mode == MSA_SPARSE_KVO && (rc = plan_kvo(p, b)))) {
 		msa_plan_free(p);

@@ -33,7 +33,7 @@ TESTSRC := $(wildcard tests/t_*.c)
 TESTS   := $(TESTSRC:tests/%.c=$(B)/tests/%)
 HDRS    := $(wildcard runtime/*.h gen/*.h)
 
-all: $(B)/msagen $(B)/libmsagen.so $(TESTS) $(B)/bench/jit
+all: $(B)/msagen $(B)/libmsagen.so $(TESTS) $(B)/bench/jit $(B)/bench/dense_tiles
 
 $(B)/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)

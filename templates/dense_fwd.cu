@@ -111,10 +111,14 @@ msa_dense_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 
 		float s[BN / 8][4];
 		qk_tile<D, BN, MDT>(qa, sm.k[stg], s, lane);
-		scale_mask<BN>(s, scale_log2, lane, [&](int half, int col) {
-			int j = n0 + col;
-			return j < kv_len && j <= lim_a + (causal ? half * 8 : 0);
-		});
+		// Tiles wholly visible to the warp's rows skip the per-element mask.
+		if (n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + m0 + warp * 16))
+			scale_mask<BN>(s, scale_log2, lane, [](int, int) { return true; });
+		else
+			scale_mask<BN>(s, scale_log2, lane, [&](int half, int col) {
+				int j = n0 + col;
+				return j < kv_len && j <= lim_a + (causal ? half * 8 : 0);
+			});
 		u32 pa[BN / 16][4];
 		online_softmax<D, BN, MDT>(s, st, o, pa);
 

@@ -178,9 +178,12 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		float s[BNW / 8][4];
 		const int c0 = n0 + cw * BNW;	// this warp's first key
 		qk_tile<D, BNW, MDT>(qa, sm.k[stg] + cw * BNW * D, s, lane);
-		scale_mask<BNW>(s, scale_log2, lane, [&](int, int col) {
-			return c0 + col <= p && c0 + col < kv_len;
-		});
+		if (c0 + BNW - 1 <= p && c0 + BNW <= kv_len)	// all visible: no mask
+			scale_mask<BNW>(s, scale_log2, lane, [](int, int) { return true; });
+		else
+			scale_mask<BNW>(s, scale_log2, lane, [&](int, int col) {
+				return c0 + col <= p && c0 + col < kv_len;
+			});
 		u32 pa[BNW / 16][4];
 		online_softmax<D, BNW, MDT>(s, st, o, pa);
 		cp_async_wait<1>();

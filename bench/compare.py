@@ -250,7 +250,10 @@ def bench_decode(tab, layer, batch, ctx, results):
     t_msa = median_ms(lambda: plan.attention(qi, ki_pages, q, k_pages, v_pages, out=out, lse=lse), reps=7)
     t_dense = median_ms(lambda: plan.dense(q, k_pages, v_pages, out=out, lse=lse), reps=7)
     t_sdpa = None
-    if batch * ctx <= (8 << 20):
+    if batch * ctx > (8 << 20):
+        tab.note(f"decode b{batch} {ctx // 1024}K: torch SDPA not run (its contiguous copy of the cache "
+                 f"would not fit beside the paged one); the speedup is against msagen's dense decode")
+    else:
         # torch SDPA over the same keys laid out contiguously [B, Hkv, ctx, D]
         kc = k_pages[table.long()].permute(0, 2, 1, 3, 4).reshape(batch, hkv, per * bk, d)[:, :, :ctx]
         vc = v_pages[table.long()].permute(0, 2, 1, 3, 4).reshape(batch, hkv, per * bk, d)[:, :, :ctx]

@@ -189,3 +189,51 @@ __device__ __forceinline__ void store_row_f32(const float (&o)[D / 8][4], int r,
 	for (int j = 0; j < D / 8; j++)
 		*reinterpret_cast<float2 *>(dst + j * 8 + 2 * t) = make_float2(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
 }
+
+template <int D>
+__device__ __forceinline__ void zero_acc(float (&o)[D / 8][4])
+{
+#pragma unroll
+	for (int j = 0; j < D / 8; j++)
+		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+}
+
+// The main loop every attention kernel shares.  Tiles it < ntiles of BN
+// keys start at key start(it); tile 0 of K and of V is already in stage 0
+// (two cp.async commit groups, K first).  krow(base, n0) gives the row
+// pointers of the tile at n0.  Each warp takes BNW of the BN columns from
+// coff.  full(n0) says a tile needs no mask; otherwise visible(half, key)
+// decides per score (half 0/1: the thread's rows lane/4 and lane/4 + 8).
+template <int D, int BN, int BNW, int NT, int DT, typename Start, typename KRow, typename Full,
+	  typename Vis>
+__device__ __forceinline__ void attend_tiles(u16 (&ks)[2][BN * D], u16 (&vs)[2][BN * D], const void *any,
+					     const void *kbase, const void *vbase, int ntiles, Start start,
+					     KRow krow, Full full, Vis visible, int coff, float scale_log2,
+					     const u32 (&qa)[D / 16][4], row_state &st, float (&o)[D / 8][4],
+					     int lane)
+{
+	for (int it = 0; it < ntiles; it++) {
+		const int stg = it & 1, n0 = start(it);
+		cp_async_wait<1>();
+		__syncthreads();
+		if (it + 1 < ntiles)
+			tile_load<BN, D, NT, DT>(ks[stg ^ 1], any, krow(kbase, start(it + 1)));
+		cp_async_commit();
+		float s[BNW / 8][4];
+		qk_tile<D, BNW, MMA_DT(DT)>(qa, ks[stg] + coff * D, s, lane);
+		if (full(n0))
+			scale_mask<BNW>(s, scale_log2, lane, [](int, int) { return true; });
+		else
+			scale_mask<BNW>(s, scale_log2, lane,
+					[&](int half, int col) { return visible(half, n0 + coff + col); });
+		u32 pa[BNW / 16][4];
+		online_softmax<D, BNW, MMA_DT(DT)>(s, st, o, pa);
+		cp_async_wait<1>();
+		__syncthreads();
+		if (it + 1 < ntiles)
+			tile_load<BN, D, NT, DT>(vs[stg ^ 1], any, krow(vbase, start(it + 1)));
+		cp_async_commit();
+		pv_tile<D, BNW, MMA_DT(DT)>(pa, vs[stg] + coff * D, o, lane);
+	}
+	cp_async_wait<0>();
+}

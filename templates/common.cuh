@@ -147,3 +147,18 @@ __device__ __forceinline__ u32 swz(int row, int col)
 	int c = (col >> 3) ^ (row & 7 & (chunks - 1));
 	return (u32)((row * COLS + c * 8 + (col & 7)) * 2);
 }
+
+// Request of global token t: the last r with cu[r] <= t (an empty request
+// shares its start with the next and is skipped).
+__device__ __forceinline__ int find_request(const int *cu, int batch, int t)
+{
+	int lo = 0, hi = batch - 1;
+	while (lo < hi) {
+		int mid = (lo + hi + 1) / 2;
+		if (cu[mid] <= t)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	return lo;
+}

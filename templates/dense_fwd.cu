@@ -93,43 +93,18 @@ msa_dense_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	u32 qa[D / 16][4];
 	load_a_frags<D>(qa, sm.q, warp * 16, lane);
 	float o[D / 8][4];
-#pragma unroll
-	for (int j = 0; j < D / 8; j++)
-		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+	zero_acc<D>(o);
 	row_state st;
 	row_state_init(st);
 	const int row_a = m0 + warp * 16 + lane / 4;	// this thread's two rows
 	const int lim_a = causal ? shift + row_a : kv_len - 1;
-
-	for (int it = 0; it < ntiles; it++) {
-		const int stg = it & 1, n0 = it * BN;
-		cp_async_wait<1>();
-		__syncthreads();
-		if (it + 1 < ntiles)
-			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.k[stg ^ 1], q, krow(kb, n0 + BN));
-		cp_async_commit();
-
-		float s[BN / 8][4];
-		qk_tile<D, BN, MDT>(qa, sm.k[stg], s, lane);
-		// Tiles wholly visible to the warp's rows skip the per-element mask.
-		if (n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + m0 + warp * 16))
-			scale_mask<BN>(s, scale_log2, lane, [](int, int) { return true; });
-		else
-			scale_mask<BN>(s, scale_log2, lane, [&](int half, int col) {
-				int j = n0 + col;
-				return j < kv_len && j <= lim_a + (causal ? half * 8 : 0);
-			});
-		u32 pa[BN / 16][4];
-		online_softmax<D, BN, MDT>(s, st, o, pa);
-
-		cp_async_wait<1>();
-		__syncthreads();
-		if (it + 1 < ntiles)
-			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.v[stg ^ 1], q, krow(vb, n0 + BN));
-		cp_async_commit();
-		pv_tile<D, BN, MDT>(pa, sm.v[stg], o, lane);
-	}
-	cp_async_wait<0>();
+	attend_tiles<D, BN, BN, NTHREADS, MSA_DT_Q>(
+		sm.k, sm.v, q, kb, vb, ntiles, [](int it) { return it * BN; },
+		[&](const void *base, int n0) { return krow((const elem_t *)base, n0); },
+		// tiles wholly visible to the warp's rows skip the per-score mask
+		[&](int n0) { return n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + m0 + warp * 16); },
+		[&](int half, int j) { return j < kv_len && j <= lim_a + (causal ? half * 8 : 0); }, 0,
+		scale_log2, qa, st, o, lane);
 
 	// Normalise and store; a row with no visible key gives 0 and -inf.
 #pragma unroll

@@ -13,19 +13,6 @@
 #define BK MSA_BLOCK
 #define QT (MSA_G >= 128 ? 1 : 128 / MSA_G)
 
-__device__ __forceinline__ int gather_request(const int *cu, int batch, int t)
-{
-	int lo = 0, hi = batch - 1;
-	while (lo < hi) {
-		int mid = (lo + hi + 1) / 2;
-		if (cu[mid] <= t)
-			lo = mid;
-		else
-			hi = mid - 1;
-	}
-	return lo;
-}
-
 // The key of selection (t, g, slot), or -1 when the slot is unused, not
 // visible to the query, or repeats an earlier slot.
 __device__ __forceinline__ int gather_key(const int *ids, const int *cu_q, const int *cu_kv,
@@ -34,7 +21,7 @@ __device__ __forceinline__ int gather_key(const int *ids, const int *cu_q, const
 {
 	const int *row = ids + ((size_t)g * total_q + t) * K;
 	int b = row[slot];
-	int r = gather_request(cu_q, batch, t);
+	int r = find_request(cu_q, batch, t);
 	int kv_len = cu_kv[r + 1] - cu_kv[r];
 	int p = kv_len - (cu_q[r + 1] - cu_q[r]) + (t - cu_q[r]);
 	if (b < 0 || b * BK > p || b * BK >= kv_len)

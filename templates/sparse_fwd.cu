@@ -86,19 +86,6 @@ __device__ __forceinline__ void merge_columns(smem_t &sm, row_state &st, float (
 	}
 }
 
-__device__ __forceinline__ int find_request(const int *cu_q, int batch, int t)
-{
-	int lo = 0, hi = batch - 1;
-	while (lo < hi) {
-		int mid = (lo + hi + 1) / 2;
-		if (cu_q[mid] <= t)
-			lo = mid;
-		else
-			hi = mid - 1;
-	}
-	return lo;
-}
-
 extern "C" __global__ void __launch_bounds__(NTHREADS)
 msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	       const elem_t *__restrict__ v, const int *__restrict__ ids,
@@ -162,38 +149,14 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	u32 qa[D / 16][4];
 	load_a_frags<D>(qa, sm.q, rw * 16, lane);
 	float o[D / 8][4];
-#pragma unroll
-	for (int j = 0; j < D / 8; j++)
-		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+	zero_acc<D>(o);
 	row_state st;
 	row_state_init(st);
-
-	for (int it = 0; it < ntiles; it++) {
-		const int stg = it & 1, n0 = sm.tile_start[it];
-		cp_async_wait<1>();
-		__syncthreads();
-		if (it + 1 < ntiles)
-			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.k[stg ^ 1], q, krow(k, sm.tile_start[it + 1]));
-		cp_async_commit();
-		float s[BNW / 8][4];
-		const int c0 = n0 + cw * BNW;	// this warp's first key
-		qk_tile<D, BNW, MDT>(qa, sm.k[stg] + cw * BNW * D, s, lane);
-		if (c0 + BNW - 1 <= p && c0 + BNW <= kv_len)	// all visible: no mask
-			scale_mask<BNW>(s, scale_log2, lane, [](int, int) { return true; });
-		else
-			scale_mask<BNW>(s, scale_log2, lane, [&](int, int col) {
-				return c0 + col <= p && c0 + col < kv_len;
-			});
-		u32 pa[BNW / 16][4];
-		online_softmax<D, BNW, MDT>(s, st, o, pa);
-		cp_async_wait<1>();
-		__syncthreads();
-		if (it + 1 < ntiles)
-			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.v[stg ^ 1], q, krow(v, sm.tile_start[it + 1]));
-		cp_async_commit();
-		pv_tile<D, BNW, MDT>(pa, sm.v[stg] + cw * BNW * D, o, lane);
-	}
-	cp_async_wait<0>();
+	attend_tiles<D, BN, BNW, NTHREADS, MSA_DT_Q>(
+		sm.k, sm.v, q, k, v, ntiles, [&](int it) { return sm.tile_start[it]; },
+		[&](const void *base, int n0) { return krow((const elem_t *)base, n0); },
+		[&](int n0) { return n0 + cw * BNW + BNW - 1 <= p && n0 + cw * BNW + BNW <= kv_len; },
+		[&](int, int j) { return j <= p && j < kv_len; }, cw * BNW, scale_log2, qa, st, o, lane);
 	if (CW > 1)
 		merge_columns(sm, st, o, rw, cw, lane);
 	if (cw != 0)

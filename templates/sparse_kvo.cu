@@ -107,36 +107,16 @@ msa_sparse_kvo(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	u32 qa[D / 16][4];
 	load_a_frags<D>(qa, sm.q, warp * 16, lane);
 	float o[D / 8][4];
-#pragma unroll
-	for (int j = 0; j < D / 8; j++)
-		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+	zero_acc<D>(o);
 	row_state st;
 	row_state_init(st);
 	const int row_a = warp * 16 + lane / 4;
 	const int lim[2] = {sm.pos[min(row_a / G, QT - 1)], sm.pos[min((row_a + 8) / G, QT - 1)]};
-
-	for (int it = 0; it < ntiles_kv; it++) {
-		const int stg = it & 1, n0 = b * BK + it * BN;
-		cp_async_wait<1>();
-		__syncthreads();
-		if (it + 1 < ntiles_kv)
-			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.k[stg ^ 1], q, krow(k, n0 + BN));
-		cp_async_commit();
-		float s[BN / 8][4];
-		qk_tile<D, BN, MDT>(qa, sm.k[stg], s, lane);
-		scale_mask<BN>(s, scale_log2, lane, [&](int half, int col) {
-			return n0 + col <= lim[half] && n0 + col < kend;
-		});
-		u32 pa[BN / 16][4];
-		online_softmax<D, BN, MDT>(s, st, o, pa);
-		cp_async_wait<1>();
-		__syncthreads();
-		if (it + 1 < ntiles_kv)
-			tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.v[stg ^ 1], q, krow(v, n0 + BN));
-		cp_async_commit();
-		pv_tile<D, BN, MDT>(pa, sm.v[stg], o, lane);
-	}
-	cp_async_wait<0>();
+	attend_tiles<D, BN, BN, NTHREADS, MSA_DT_Q>(
+		sm.k, sm.v, q, k, v, ntiles_kv, [&](int it) { return b * BK + it * BN; },
+		[&](const void *base, int n0) { return krow((const elem_t *)base, n0); },
+		[](int) { return false; },
+		[&](int half, int j) { return j <= lim[half] && j < kend; }, 0, scale_log2, qa, st, o, lane);
 
 #pragma unroll
 	for (int half = 0; half < 2; half++) {

@@ -22,17 +22,7 @@ msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict_
 		return;
 	const int t = (int)(row % total_q);
 
-	// Request of token t: the largest r with cu_q[r] <= t (empty requests
-	// share their start with the next one and are skipped).
-	int lo = 0, hi = batch - 1;
-	while (lo < hi) {
-		int mid = (lo + hi + 1) / 2;
-		if (cu_q[mid] <= t)
-			lo = mid;
-		else
-			hi = mid - 1;
-	}
-	const int r = lo;
+	const int r = find_request(cu_q, batch, t);
 	const int q_len = cu_q[r + 1] - cu_q[r], kv_len = cu_kv[r + 1] - cu_kv[r];
 	const int p = kv_len - q_len + (t - cu_q[r]);
 	const int n = topk_visible_blocks(p);

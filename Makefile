@@ -60,18 +60,18 @@ $(B)/libmsagen.so: $(LIBOBJ) $(B)/liblua5.4.so.0
 	$(CC) -shared -o $@ $(LIBOBJ) -Wl,-rpath,'$$ORIGIN' -L$(CUDA_HOME)/lib64 \
 		-Wl,-rpath,$(CUDA_HOME)/lib64 -lnvrtc $(B)/liblua5.4.so.0 -ldl -lpthread -lm $(LDSAN)
 
-TESTHDRS := tests/tap.h tests/ref.h tests/gpu.h cli/check.h
+TESTHDRS := tests/tap.h tests/ref.h tests/gpu.h cli/check.h cli/tune.h
 
-$(B)/msagen: $(B)/cli/main.o $(B)/cli/check.o $(B)/libmsagen.a
+$(B)/msagen: $(B)/cli/main.o $(B)/cli/check.o $(B)/cli/tune.o $(B)/cli/png.o $(B)/libmsagen.a
 	$(CC) -o $@ $^ $(LDLIBS)
 
 $(B)/cli/%.o: cli/%.c $(HDRS) $(TESTHDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALLCFLAGS) -Itests -Icli -c $< -o $@
 
-$(B)/tests/%: tests/%.c $(TESTHDRS) $(B)/cli/check.o $(B)/libmsagen.a
+$(B)/tests/%: tests/%.c $(TESTHDRS) $(B)/cli/check.o $(B)/cli/png.o $(B)/libmsagen.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALLCFLAGS) -Itests -Icli $< $(B)/cli/check.o $(B)/libmsagen.a -o $@ $(LDLIBS)
+	$(CC) $(ALLCFLAGS) -Itests -Icli $< $(B)/cli/check.o $(B)/cli/png.o $(B)/libmsagen.a -o $@ $(LDLIBS)
 
 $(B)/bench/%: bench/%.c $(B)/libmsagen.a
 	@mkdir -p $(dir $@)

@@ -368,6 +368,29 @@ def write_png(path, series, xs_label="context"):
 
 # ---------------------------------------------------------------- main
 
+def bench_tuned(tab, n):
+    """The tuning database's picks against the built-in defaults."""
+    os.environ["MSAGEN_TUNED"] = "0"
+    plain = msagen.load(SPEC)
+    os.environ.pop("MSAGEN_TUNED")
+    tuned = msagen.load(SPEC)
+    x = msa_inputs(tuned, n)
+    out = torch.empty_like(x["q"])
+    lse = torch.empty(n, tuned.heads_q, device="cuda", dtype=torch.float32)
+    res = {}
+    for name, layer in (("default", plain), ("tuned", tuned)):
+        plan = layer.plan([0, n], [0, n])
+        res[name] = (median_ms(lambda: plan.dense(x["q"], x["k"], x["v"], out=out, lse=lse)),
+                     median_ms(lambda: plan.attention(x["qi"], x["ki"], x["q"], x["k"], x["v"], out=out, lse=lse)))
+        del plan
+    size = f"{n // 1024}K"
+    for i, what in enumerate(("dense", "whole MSA prefill")):
+        tab.add("tuned", f"{what}, default variant", size, res["default"][i], "")
+        tab.add("tuned", f"{what}, tuned variant", size, res["tuned"][i], "", "default", res["default"][i] / res["tuned"][i])
+    plain.close()
+    tuned.close()
+
+
 def splice(results_path, md):
     """Replace the section between the markers in RESULTS.md."""
     begin, end = "<!-- compare.py begin -->", "<!-- compare.py end -->"
@@ -385,10 +408,13 @@ def main():
     ap.add_argument("--out", default="bench-out", help="directory for compare.md and speedup.png")
     ap.add_argument("--results", help="RESULTS.md to splice the table into")
     ap.add_argument("--quick", action="store_true", help="8K and 32K only (a smoke run)")
-    ap.add_argument("--skip", default="", help="comma list of stages to skip: dense,topk,flex,msa,decode")
+    ap.add_argument("--skip", default="", help="comma list of stages to skip: dense,topk,flex,msa,decode,tuned")
+    ap.add_argument("--only", default="", help="comma list of the only stages to run")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
+    if args.only:
+        skip = {"dense", "topk", "flex", "msa", "decode", "tuned"} - set(args.only.split(","))
     torch.manual_seed(int(time.time()))
     layer = msagen.load(SPEC)
     dev = torch.cuda.get_device_name()
@@ -436,6 +462,12 @@ def main():
         except Exception as e:
             tab.note(f"msa 1M failed: {type(e).__name__}: {str(e)[:200]}")
         torch.cuda.empty_cache()
+    if "tuned" not in skip:
+        for n in sizes:
+            try:
+                bench_tuned(tab, n)
+            except Exception as e:
+                tab.note(f"tuned {n} failed: {type(e).__name__}: {str(e)[:200]}")
     if "decode" not in skip:
         for batch in (1, 8, 32, 128):
             for ctx in (8192, 131072, 1 << 20):

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "tune.h"
 #include "internal.h"
 
 static const char usage_main[] =
@@ -16,6 +17,8 @@ static const char usage_main[] =
 	"  emit SPEC [-o DIR] [--arch A]   write the generated CUDA sources\n"
 	"  build SPEC [--arch A] [-j N]    compile every variant into the disk cache\n"
 	"  cache ls|verify|clear           inspect or empty the disk cache\n"
+	"  tune SPEC [--tokens ...]        time the tuning space on the GPU and record\n"
+	"                                  the winners that plans then use\n"
 	"  check SPEC [--seed N]           run every kernel on the GPU against the\n"
 	"                                  float64 reference and print a table\n"
 	"  version                         print versions\n"
@@ -371,6 +374,8 @@ int main(int argc, char **argv)
 		return cmd_cache(argc - 2, argv + 2);
 	if (!strcmp(cmd, "check"))
 		return cmd_check(argc - 2, argv + 2);
+	if (!strcmp(cmd, "tune"))
+		return cmd_tune(argc - 2, argv + 2);
 	fprintf(stderr, "msagen: unknown command '%s'\n%s", cmd, usage_main);
 	return 2;
 }

@@ -29,6 +29,7 @@ int msa_module_new(msa_ctx *ctx, const msa_layer *layer, msa_module **out)
 		CUdevice d;
 		m->cu->CtxGetDevice(&d);
 		m->cu->DeviceGetAttribute(&m->sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, d);
+		m->cu->DeviceGetName(m->gpu, sizeof m->gpu, d);
 	}
 	/* JIT at load: every kernel the layer uses, at default tiles. */
 	for (int kind = 0; kind < MSA_K_COUNT; kind++) {
@@ -54,6 +55,17 @@ int msa_module_kernel(msa_module *m, msa_kind kind, int causal, msa_kernel **out
 {
 	msa_variant v;
 	msa_variant_default(&v, kind, &m->layer, m->arch, causal);
+	return msa_kernel_get(m->ctx, &v, out);
+}
+
+int msa_module_dense_kernel(msa_module *m, int causal, long max_q, msa_kernel **out)
+{
+	msa_variant v;
+	msa_tune_rec r;
+	const msa_family *f = msa_family_get(MSA_K_DENSE_FWD);
+	msa_variant_default(&v, MSA_K_DENSE_FWD, &m->layer, m->arch, causal);
+	if (msa_tune_lookup(m->ctx, &v, "tiles", f->ntunables, max_q, m->gpu, m->sms, &r))
+		memcpy(v.tune, r.cand[r.pick].tune, sizeof v.tune);
 	return msa_kernel_get(m->ctx, &v, out);
 }
 
@@ -114,7 +126,7 @@ int msa_dense_plan_new(msa_module *mod, int batch, const int *cu_q, const int *c
 	p->total_q = cu_q[batch];
 	p->total_kv = cu_kv[batch];
 	p->scale_log2 = (float)(mod->layer.scale / log(2.0));
-	if ((rc = msa_module_kernel(mod, MSA_K_DENSE_FWD, p->causal, &p->k)) != MSA_OK)
+	if ((rc = msa_module_dense_kernel(mod, p->causal, max_q, &p->k)) != MSA_OK)
 		goto fail;
 	bytes = sizeof(int) * (size_t)(batch + 1);
 	rc = msa_cu_check(mod->cu->MemAlloc(&p->dev_cu, 2 * bytes), "cuMemAlloc", ctx->err, sizeof ctx->err);

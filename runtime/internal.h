@@ -269,6 +269,7 @@ struct msa_ctx {
 	int device;
 	int verbose;
 	int have_gpu;		/* the driver was initialised */
+	int no_tuned;		/* ignore the tuning database (MSAGEN_TUNED=0) */
 	pthread_mutex_t lock;	/* guards kernels and compiles */
 	msa_memtab *kernels;	/* variant name -> msa_kernel */
 };
@@ -309,7 +310,11 @@ struct msa_module {
 	char arch[16];
 	const msa_cu *cu;
 	int sms;		/* multiprocessors of the device */
+	char gpu[96];		/* device name, part of tuning keys */
 };
+
+/* The layer's dense kernel, tuned for max_q tokens when a record exists. */
+int msa_module_dense_kernel(msa_module *m, int causal, long max_q, msa_kernel **out);
 
 struct msa_dense_plan {
 	msa_module *mod;
@@ -328,6 +333,34 @@ int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsi
 	       void **args, void *stream);
 int msa_launch_fn(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned gy,
 		  unsigned gz, unsigned threads, unsigned smem, void **args, void *stream);
+
+/* ------------------------------------------------------------ tune.c */
+
+#define MSA_TUNE_MAX_CAND 64
+
+typedef struct msa_tune_cand {
+	int tune[MSA_MAX_TUNABLES];
+	double med, p20, p80;	/* ms */
+} msa_tune_cand;
+
+typedef struct msa_tune_rec {
+	int ntune;		/* values per candidate */
+	int ncand;
+	int pick;		/* index of the chosen candidate */
+	msa_tune_cand cand[MSA_TUNE_MAX_CAND];
+} msa_tune_rec;
+
+void msa_tune_db_path(const msa_ctx *ctx, char *buf, size_t n);
+int msa_tune_bucket(long tokens);
+/* what: "tiles" (the family's compile-time tunables) or "form" (sparse). */
+void msa_tune_key(const msa_variant *v, const char *what, int bucket, const char *gpu, int sms,
+		  char *buf, size_t n);
+int msa_tune_format(const msa_tune_rec *r, char *buf, size_t n);
+int msa_tune_parse(const char *value, int ntune, msa_tune_rec *r);
+int msa_tune_pick(const msa_tune_rec *r);
+/* The record of the nearest bucket for this GPU; 1 found, 0 none. */
+int msa_tune_lookup(msa_ctx *ctx, const msa_variant *v, const char *what, int ntune, long tokens,
+		    const char *gpu, int sms, msa_tune_rec *out);
 
 /* ------------------------------------------------------------ msa.c */
 
@@ -354,5 +387,21 @@ struct msa_plan {
 	CUdeviceptr ids;	/* [Hi, total_q, k] workspace of msa_attention */
 	CUdeviceptr part_o, part_lse;	/* split partials */
 };
+
+/* ------------------------------------------------------------ kvdb.c */
+
+/* kvdb.c: a text file of records "key<TAB>value", one per line, each line
+ * guarded by a checksum.  Readers never lock and see either the old or the
+ * new file (writers publish by temp file + fsync + rename); writers
+ * serialise read-modify-write with flock on "<path>.lock", so concurrent
+ * writers lose nothing.  A line that fails its checksum or does not parse
+ * is skipped (counted in *bad), never fatal.  Keys and values are
+ * printable text without TAB or newline (put/get reject others with
+ * MSA_EINVAL). */
+int msa_kvdb_get(const char *path, const char *key, char **value);	/* 1 found (*value malloc'ed), 0 absent (also when the file is missing), <0 -MSA_EIO */
+int msa_kvdb_put(const char *path, const char *key, const char *value, char *err, size_t errlen);	/* replaces the key's record; MSA_OK or an error with path + strerror in err */
+int msa_kvdb_del(const char *path, const char *key, char *err, size_t errlen);	/* MSA_OK whether or not it existed */
+int msa_kvdb_each(const char *path, void (*fn)(void *arg, const char *key, const char *value), void *arg, int *bad);	/* visits valid records in file order; returns the count or -MSA_EIO; missing file = 0 */
+int msa_kvdb_merge(const char *dst, const char *src, int *merged, char *err, size_t errlen);	/* import: puts every valid record of src into dst in one locked update (src's value wins); *merged = records taken */
 
 #endif

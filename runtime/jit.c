@@ -49,6 +49,7 @@ int msa_ctx_new(const msa_ctx_opts *opts, msa_ctx **out)
 		msa_fmt(ctx->arch, sizeof ctx->arch, "%s", opts->arch);
 	ctx->device = opts->device;
 	ctx->verbose = opts->verbose || (getenv("MSAGEN_VERBOSE") && *getenv("MSAGEN_VERBOSE") == '1');
+	ctx->no_tuned = getenv("MSAGEN_TUNED") && *getenv("MSAGEN_TUNED") == '0';
 	*out = ctx;
 	return MSA_OK;
 }

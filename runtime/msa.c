@@ -45,7 +45,7 @@ static int plan_kernels(msa_plan *p)
 		return rc;
 	if (msa_layer_supports(&m->layer, MSA_K_SPARSE_FWD) &&
 	    ((rc = msa_module_kernel(m, MSA_K_SPARSE_FWD, c, &p->k_sparse)) ||
-	     (rc = msa_module_kernel(m, MSA_K_DENSE_FWD, c, &p->k_dense))))
+	     (rc = msa_module_dense_kernel(m, c, p->max_q, &p->k_dense))))
 		return rc;
 	if (msa_layer_supports(&m->layer, MSA_K_SPARSE_KVO) &&
 	    ((rc = msa_module_kernel(m, MSA_K_SPARSE_KVO, c, &p->k_kvo)) ||
@@ -218,8 +218,15 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 	/* Measured on the H100 (bench/RESULTS.md): the query-outer form is as
 	 * fast at 8K-128K and twice as fast at 1M, where the KV-outer form's
 	 * fp32 partials dominate; KV-outer stays available on request. */
-	if (p->mode == MSA_SPARSE_AUTO)
+	if (p->mode == MSA_SPARSE_AUTO) {
+		msa_variant v;
+		msa_tune_rec r;
 		p->mode = MSA_SPARSE_QO;
+		msa_variant_default(&v, MSA_K_SPARSE_FWD, &mod->layer, mod->arch, mod->layer.causal);
+		if (msa_layer_supports(&mod->layer, MSA_K_SPARSE_KVO) &&
+		    msa_tune_lookup(ctx, &v, "form", 1, p->total_q, mod->gpu, mod->sms, &r))
+			p->mode = r.cand[r.pick].tune[0] == MSA_SPARSE_KVO ? MSA_SPARSE_KVO : MSA_SPARSE_QO;
+	}
 	if ((rc = plan_kernels(p)) || (rc = plan_upload(p, b)) ||
 	    (p->mode == MSA_SPARSE_KVO && (rc = plan_kvo(p, b)))) {
 		msa_plan_free(p);

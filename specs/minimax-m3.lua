@@ -14,6 +14,6 @@ layer {
 	causal = true,
 	arch = { "sm_90a", "sm_80" },
 	tune = {
-		dense_fwd = { block_m = { 64, 128 }, block_n = { 64 } },
+		dense_fwd = { block_m = { 64, 128 }, block_n = { 32, 64 } },
 	},
 }

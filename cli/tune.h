@@ -1,0 +1,16 @@
+/* tune.h - the tune command and its report plot. */
+#ifndef MSA_TUNE_H
+#define MSA_TUNE_H
+
+/* One shape's candidates for the plot: medians in ms and the pick. */
+typedef struct tune_group {
+	int ncand, pick;
+	double med[16];
+} tune_group;
+
+int cmd_tune(int argc, char **argv);
+/* Bars of relative speed (fastest = full height), one group per shape,
+ * the pick in orange; returns 0 or -1 with errno set. */
+int tune_plot_png(const char *path, const tune_group *g, int ngroups);
+
+#endif

@@ -101,7 +101,9 @@ int tune_plot_png(const char *path, const tune_group *g, int ngroups)
 			if (g[i].med[c] > 0 && (best == 0 || g[i].med[c] < best))
 				best = g[i].med[c];
 		for (int c = 0; c < g[i].ncand; c++, x += bw) {
-			int top = g[i].med[c] > 0 ? (int)((h - 2 * m) * (1 - best / g[i].med[c])) + m : h - m;
+			/* the axis runs from half the fastest speed to the fastest */
+			double rel = g[i].med[c] > 0 ? best / g[i].med[c] : 0, y = (rel - 0.5) / 0.5;
+			int top = (int)((h - 2 * m) * (1 - (y < 0 ? 0 : y))) + m;
 			bar(img, w, x + 1, x + bw - 1, top, h - m, c == g[i].pick ? pick : grey);
 		}
 	}

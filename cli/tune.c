@@ -13,7 +13,7 @@
 #include "tune.h"
 
 static const char usage_tune[] =
-	"usage: msagen tune SPEC [--tokens 8192,32768,131072] [--budget SECONDS] [--force]\n"
+	"usage: msagen tune SPEC [--tokens 8192,32768,131072] [--batch B] [--budget SECONDS] [--force]\n"
 	"                        [--frozen] [--report DIR] [--cache-dir DIR]\n"
 	"       msagen tune --export FILE | --import FILE [--cache-dir DIR]\n"
 	"\n"
@@ -24,16 +24,19 @@ static const char usage_tune[] =
 	"then use the record of the nearest shape.  Records for this GPU, NVRTC and\n"
 	"generator are reused unless --force.  Candidates within 2%% of the fastest\n"
 	"are tied and the first in the spec's order wins, so runs agree.\n"
+	"  --tokens N,.. tokens per request of each shape; records are keyed by it\n"
+	"  --batch B    requests per timed shape (default 1)\n"
 	"  --budget S   stop timing new candidates after S seconds (default 600)\n"
 	"  --frozen     time nothing; report the records and exit 1 if any is missing\n"
 	"  --report DIR write tune-report.md and tune-report.png (relative speed of\n"
-	"               every candidate, per shape; the pick in orange)\n"
+	"               every candidate, per shape, axis from 0.5x to 1x of the\n"
+	"               fastest; the pick in orange)\n"
 	"  --export F / --import F   copy records out of / into the database\n";
 
 typedef struct tune_opts {
 	const char *spec, *cache_dir, *report, *exp, *imp;
 	long tokens[8];
-	int ntokens, force, frozen;
+	int ntokens, force, frozen, batch;
 	double budget;
 } tune_opts;
 
@@ -52,6 +55,7 @@ static int parse_tune(int argc, char **argv, tune_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->budget = 600;
+	o->batch = 1;
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
 		if (!strcmp(a, "-h") || !strcmp(a, "--help"))
@@ -75,6 +79,7 @@ static int parse_tune(int argc, char **argv, tune_opts *o)
 					fprintf(stderr, "msagen: --tokens %s: positive counts, comma separated\n", val);
 					return 2;
 				}
+		} else if (!strcmp(a, "--batch") && (o->batch = atoi(val)) >= 1 && o->batch <= 64) {
 		} else if (!strcmp(a, "--budget") && (o->budget = atof(val)) > 0) {
 		} else if (!strcmp(a, "--report")) {
 			o->report = val;
@@ -346,7 +351,7 @@ static void tune_tiles(tune_state *s, msa_module *m, long n, ref_rng *rng)
 	int nv = dense_candidates(m, vs, 32);
 	pthread_t th;
 	compile_job job = {s->env.ctx, vs, nv};
-	int cu[2] = {0, (int)n}, started;
+	int cu[65], started, nb = s->o.batch;
 	dense_run d = {0};
 
 	msa_variant_default(&base, MSA_K_DENSE_FWD, l, m->arch, l->causal);
@@ -354,13 +359,15 @@ static void tune_tiles(tune_state *s, msa_module *m, long n, ref_rng *rng)
 	if (nv == 0 || l->dtype_q == MSA_DT_FP8_E4M3 || settled(s, l, "tiles", n, key, 2))
 		return;
 	started = pthread_create(&th, NULL, compile_ahead, &job) == 0;
-	size_t nq = (size_t)n * l->heads_q * l->head_dim, nk = (size_t)n * l->heads_kv * l->head_dim;
+	for (int b = 0; b <= nb; b++)
+		cu[b] = (int)(b * n);
+	size_t nq = (size_t)cu[nb] * l->heads_q * l->head_dim, nk = (size_t)cu[nb] * l->heads_kv * l->head_dim;
 	d.q = rand_buf(&s->env, nq, l->dtype_q, rng);
 	d.k = rand_buf(&s->env, nk, l->dtype_q, rng);
 	d.v = rand_buf(&s->env, nk, l->dtype_q, rng);
 	s->env.cu->MemAlloc(&d.o, nq * 2);
-	s->env.cu->MemAlloc(&d.lse, (size_t)n * l->heads_q * 4);
-	if (msa_dense_plan_new(m, 1, cu, cu, l->causal, &d.p) != MSA_OK)
+	s->env.cu->MemAlloc(&d.lse, (size_t)cu[nb] * l->heads_q * 4);
+	if (msa_dense_plan_new(m, nb, cu, cu, l->causal, &d.p) != MSA_OK)
 		gpu_die("%s", msa_ctx_error(s->env.ctx));
 	r.ntune = 2;
 	for (int i = 0; i < nv && !over_budget(s); i++) {
@@ -415,7 +422,7 @@ static void tune_form(tune_state *s, msa_module *m, long n, ref_rng *rng)
 	msa_variant base;
 	msa_tune_rec r = {0};
 	char key[700];
-	int cu[2] = {0, (int)n};
+	int cu[65], nb = s->o.batch;
 	sparse_run sr = {0};
 	CUdeviceptr qi, ki;
 
@@ -424,19 +431,22 @@ static void tune_form(tune_state *s, msa_module *m, long n, ref_rng *rng)
 	if (!msa_layer_supports(l, MSA_K_SPARSE_KVO) || l->dtype_q == MSA_DT_FP8_E4M3 ||
 	    l->dtype_index == MSA_DT_FP8_E4M3 || settled(s, l, "form", n, key, 1))
 		return;
-	size_t nq = (size_t)n * l->heads_q * l->head_dim, nk = (size_t)n * l->heads_kv * l->head_dim;
+	for (int b = 0; b <= nb; b++)
+		cu[b] = (int)(b * n);
+	size_t tn = (size_t)cu[nb];
+	size_t nq = tn * l->heads_q * l->head_dim, nk = tn * l->heads_kv * l->head_dim;
 	sr.q = rand_buf(&s->env, nq, l->dtype_q, rng);
 	sr.k = rand_buf(&s->env, nk, l->dtype_q, rng);
 	sr.v = rand_buf(&s->env, nk, l->dtype_q, rng);
-	qi = rand_buf(&s->env, (size_t)n * l->heads_kv * l->index_dim, l->dtype_index, rng);
-	ki = rand_buf(&s->env, (size_t)n * l->index_dim, l->dtype_index, rng);
-	s->env.cu->MemAlloc(&sr.ids, (size_t)l->heads_kv * n * l->topk * 4);
+	qi = rand_buf(&s->env, tn * l->heads_kv * l->index_dim, l->dtype_index, rng);
+	ki = rand_buf(&s->env, tn * l->index_dim, l->dtype_index, rng);
+	s->env.cu->MemAlloc(&sr.ids, (size_t)l->heads_kv * tn * l->topk * 4);
 	s->env.cu->MemAlloc(&sr.o, nq * 2);
-	s->env.cu->MemAlloc(&sr.lse, (size_t)n * l->heads_q * 4);
+	s->env.cu->MemAlloc(&sr.lse, tn * l->heads_q * 4);
 	r.ntune = 1;
 	for (int form = 1; form <= 2 && !over_budget(s); form++) {
 		msa_batch b = {0};
-		b.batch = 1;
+		b.batch = nb;
 		b.cu_q = b.cu_kv = cu;
 		b.sparse_mode = form;
 		if (msa_plan_new(m, &b, &sr.p) != MSA_OK)

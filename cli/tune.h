@@ -9,8 +9,8 @@ typedef struct tune_group {
 } tune_group;
 
 int cmd_tune(int argc, char **argv);
-/* Bars of relative speed (fastest = full height), one group per shape,
- * the pick in orange; returns 0 or -1 with errno set. */
+/* Bars of relative speed (fastest = full height, the axis starting at half
+ * the fastest), one group per shape, the pick in orange; 0 or -1. */
 int tune_plot_png(const char *path, const tune_group *g, int ngroups);
 
 #endif

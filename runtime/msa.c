@@ -224,7 +224,7 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 		p->mode = MSA_SPARSE_QO;
 		msa_variant_default(&v, MSA_K_SPARSE_FWD, &mod->layer, mod->arch, mod->layer.causal);
 		if (msa_layer_supports(&mod->layer, MSA_K_SPARSE_KVO) &&
-		    msa_tune_lookup(ctx, &v, "form", 1, p->total_q, mod->gpu, mod->sms, &r))
+		    msa_tune_lookup(ctx, &v, "form", 1, p->max_q, mod->gpu, mod->sms, &r))
 			p->mode = r.cand[r.pick].tune[0] == MSA_SPARSE_KVO ? MSA_SPARSE_KVO : MSA_SPARSE_QO;
 	}
 	if ((rc = plan_kernels(p)) || (rc = plan_upload(p, b)) ||

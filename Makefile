@@ -82,7 +82,7 @@ test: all
 	MSAGEN_BIN=$(CURDIR)/$(B)/msagen prove -f --exec '' $(TESTS) tests/t_python.py
 
 # The tests that need neither NVRTC nor a GPU (for the sanitizer build).
-CPUTESTS := $(filter %/t_spec %/t_cache %/t_ref,$(TESTS))
+CPUTESTS := $(filter %/t_spec %/t_cache %/t_ref %/t_kvdb,$(TESTS))
 test-cpu: $(CPUTESTS)
 	prove -f --exec '' $(CPUTESTS)
 

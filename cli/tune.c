@@ -351,7 +351,7 @@ static void tune_tiles(tune_state *s, msa_module *m, long n, ref_rng *rng)
 	int nv = dense_candidates(m, vs, 32);
 	pthread_t th;
 	compile_job job = {s->env.ctx, vs, nv};
-	int cu[65], started, nb = s->o.batch;
+	int cu[65], started, nb = s->o.batch, pruned = 0;
 	dense_run d = {0};
 
 	msa_variant_default(&base, MSA_K_DENSE_FWD, l, m->arch, l->causal);
@@ -372,6 +372,20 @@ static void tune_tiles(tune_state *s, msa_module *m, long n, ref_rng *rng)
 	r.ntune = 2;
 	for (int i = 0; i < nv && !over_budget(s); i++) {
 		msa_kernel *k;
+		msa_cubin cb;
+		char err[512];
+		int threads, smem;
+		/* the compiler's report prunes what would spill or cannot launch */
+		msa_variant_launch(&vs[i], &threads, &smem);
+		if (msa_obtain_cubin(s->env.ctx, &vs[i], &cb, err, sizeof err) == MSA_OK) {
+			free(cb.cubin);
+			if (cb.spill > 0 || (cb.regs > 0 && cb.regs * threads > 65536)) {
+				fprintf(stderr, "[%s %ld] candidate %d pruned: %d registers, %d spill bytes\n",
+					l->name, n, i, cb.regs, cb.spill);
+				pruned++;	/* vs stays as is: the compile thread reads it */
+				continue;
+			}
+		}
 		if (msa_kernel_get(s->env.ctx, &vs[i], &k) != MSA_OK) {
 			fprintf(stderr, "msagen: tune: %s\n", msa_ctx_error(s->env.ctx));
 			continue;
@@ -390,7 +404,7 @@ static void tune_tiles(tune_state *s, msa_module *m, long n, ref_rng *rng)
 	s->env.cu->MemFree(d.v);
 	s->env.cu->MemFree(d.o);
 	s->env.cu->MemFree(d.lse);
-	if (r.ncand == nv) {	/* a shape cut short by the budget is not recorded */
+	if (r.ncand > 0 && r.ncand + pruned == nv) {	/* one cut short by the budget is not recorded */
 		int pick = msa_tune_pick(&r);
 		msa_variant w = vs[0];
 		memcpy(w.tune, r.cand[pick].tune, sizeof w.tune);

@@ -290,6 +290,7 @@ typedef struct msa_cubin {
 	size_t cubin_len;
 	int from_disk;
 	double compile_ms;
+	int regs, spill;	/* from the compiler's resource report; -1 unknown */
 } msa_cubin;
 
 int msa_ctx_fail(msa_ctx *ctx, int rc, const char *fmt, ...) MSA_FMT(3, 4);

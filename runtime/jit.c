@@ -136,10 +136,16 @@ int msa_obtain_cubin(msa_ctx *ctx, const msa_variant *v, msa_cubin *out, char *e
 	rc = MSA_ENOMEM;
 	if (!(key = msa_artifact_key(src, len, v->arch, &key_len)))
 		goto out;
+	out->regs = out->spill = -1;
 	if (ctx->disk && msa_disk_get(ctx->cache_dir, key, key_len, &e, why, sizeof why) == 1) {
+		const char *r = strstr(e.meta, "regs="), *sp = strstr(e.meta, "spill_bytes=");
 		out->cubin = e.blob;
 		out->cubin_len = e.blob_len;
 		out->from_disk = 1;
+		if (r)
+			sscanf(r, "regs=%d", &out->regs);
+		if (sp)
+			sscanf(sp, "spill_bytes=%d", &out->spill);
 		e.blob = NULL;
 		rc = MSA_OK;
 		goto out;
@@ -162,6 +168,8 @@ int msa_obtain_cubin(msa_ctx *ctx, const msa_variant *v, msa_cubin *out, char *e
 	out->cubin = c.cubin;
 	out->cubin_len = c.cubin_len;
 	out->compile_ms = c.ms;
+	out->regs = regs;
+	out->spill = spill;
 	c.cubin = NULL;
 	rc = MSA_OK;
 out:

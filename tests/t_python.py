@@ -191,7 +191,7 @@ def t_m3():
                 index_dim=128, block=128, topk=16, local_blocks=1, sink_blocks=0,
                 dtype_q="bf16", dtype_kv="bf16", dtype_index="bf16", dtype_out="bf16",
                 causal=True, arch=["sm_90a", "sm_80"],
-                tune={"dense_fwd": {"block_m": [64, 128], "block_n": [64]}})
+                tune={"dense_fwd": {"block_m": [64, 128], "block_n": [32, 64]}})
     for k, v in want.items():
         assert getattr(m, k) == v, "%s = %r, want %r" % (k, getattr(m, k), v)
     assert abs(m.scale - 1 / math.sqrt(128)) < 1e-12, m.scale

@@ -136,8 +136,8 @@ static void test_m3(void)
 	ok(l->tune[0].params[0].nvalues == 2 && l->tune[0].params[0].values[0] == 64 &&
 	   l->tune[0].params[0].values[1] == 128, "m3 block_m = {64, 128}");
 	is_string(l->tune[0].params[1].name, "block_n", "m3 then block_n");
-	ok(l->tune[0].params[1].nvalues == 1 && l->tune[0].params[1].values[0] == 64,
-	   "m3 block_n = {64}");
+	ok(l->tune[0].params[1].nvalues == 2 && l->tune[0].params[1].values[0] == 32 &&
+	   l->tune[0].params[1].values[1] == 64, "m3 block_n = {32, 64}");
 	msa_spec_free(s);
 }
 

@@ -427,9 +427,10 @@ static void sparse_once(void *arg)
 			(float *)r->lse, NULL);
 }
 
-/* The sparse form (1 query-outer, 2 KV-outer) over one selection; both
- * forms are checked against the reference by `msagen check`, and here the
- * winner's output against the other's. */
+/* The sparse form (1 query-outer, 2 KV-outer) over one selection.  Both
+ * forms are checked against the reference by `msagen check` and the GPU
+ * tests; a form is a plan option, not a new kernel, so nothing new needs
+ * checking here. */
 static void tune_form(tune_state *s, msa_module *m, long n, ref_rng *rng)
 {
 	const msa_layer *l = &m->layer;

@@ -1,21 +1,80 @@
 // topk.cu - standalone top-k over a block-score tensor (MSA.md section 2).
 //
-// One warp per row (index head h, token t), one pass over the row's scores:
-// each lane keeps its own best KP candidates in registers (sorted, in the
-// order score descending, id ascending, NaN as -inf; most scores fail the
-// compare with the lane's worst kept one), then KP rounds of a warp arg-max
-// over the lanes' heads merge them.  Rows with KP > 32 use KP passes of a
-// warp arg-max over the whole row instead (registers would not hold the
-// lists).  Only scores[0..n-1] of a row are read.
+// One warp per row (index head h, token t); the order is score descending,
+// id ascending, NaN as -inf.  First a threshold: each lane's best candidate,
+// and the KP-th best of those 32 (at least KP candidates are at or above
+// it).  A second pass compacts the few candidates at or above it into
+// shared memory, where each is ranked against the others.  If too many tie
+// with the threshold (TOPK_CAP), the row falls back to per-lane sorted
+// register lists merged by KP warp arg-max rounds, and rows with KP > 32 use
+// KP passes of a warp arg-max over the whole row (registers would not hold
+// the lists).  Only scores[0..n-1] of a row are read.
 #include "topk.cuh"
 
 #define TOPK_WARPS 4
+#define TOPK_CAP 256	// candidates a warp may rank in shared memory
+
+// Threshold select of the KP best among candidates c0..c1-1 (more than KP
+// of them) into pick[0..KP-1]; false when more than TOPK_CAP candidates
+// reach the threshold (ties), leaving the row to the fallback.
+__device__ __forceinline__ bool threshold_select(const float *srow, int c0, int c1, int *pick,
+						 float *cs, int *ci, int lane)
+{
+	float ms = -MSA_INF;
+	int mi = 0x7fffffff;
+	for (int b = c0 + lane; b < c1; b += 32) {
+		float s = topk_rank(__ldg(srow + b));
+		if (topk_beats(s, b, ms, mi)) {
+			ms = s;
+			mi = b;
+		}
+	}
+	int rk = 0;	// rank of this lane's best among the 32 lane bests
+	for (int o = 0; o < 32; o++) {
+		float os = __shfl_sync(0xffffffffu, ms, o);
+		int oi = __shfl_sync(0xffffffffu, mi, o);
+		rk += topk_beats(os, oi, ms, mi);
+	}
+	// more than KP candidates means at least KP real lane bests
+	const int src = __ffs(__ballot_sync(0xffffffffu, rk == MSA_KP - 1)) - 1;
+	const float ts = __shfl_sync(0xffffffffu, ms, src);
+	const int ti = __shfl_sync(0xffffffffu, mi, src);
+	int count = 0;
+	for (int base = c0; base < c1; base += 32) {
+		const int b = base + lane;
+		float s = b < c1 ? topk_rank(__ldg(srow + b)) : -MSA_INF;
+		bool take = b < c1 && (topk_beats(s, b, ts, ti) || b == ti);
+		unsigned m = __ballot_sync(0xffffffffu, take);
+		int pos = count + __popc(m & ((1u << lane) - 1));
+		if (take && pos < TOPK_CAP) {
+			cs[pos] = s;
+			ci[pos] = b;
+		}
+		count += __popc(m);
+	}
+	if (count > TOPK_CAP)
+		return false;
+	__syncwarp();
+	for (int e = lane; e < count; e += 32) {
+		const float s = cs[e];
+		const int b = ci[e];
+		int r = 0;
+		for (int f = 0; f < count; f++)
+			r += topk_beats(cs[f], ci[f], s, b);
+		if (r < MSA_KP)
+			pick[r] = b;
+	}
+	__syncwarp();
+	return true;
+}
 
 extern "C" __global__ void __launch_bounds__(TOPK_WARPS * 32)
 msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict__ cu_q,
 	 const int *__restrict__ cu_kv, int batch, int total_q, int *__restrict__ ids)
 {
 	__shared__ int pick[TOPK_WARPS][MSA_KP_ALLOC];
+	__shared__ float cand_s[TOPK_WARPS][TOPK_CAP];
+	__shared__ int cand_i[TOPK_WARPS][TOPK_CAP];
 	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 	const long long row = (long long)blockIdx.x * TOPK_WARPS + warp;	// h * total_q + t
 	if (batch <= 0 || total_q <= 0 || row >= (long long)MSA_HKV * total_q)
@@ -29,7 +88,10 @@ msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict_
 	const float *srow = scores + (size_t)row * nb_stride;
 	int *dst = ids + (size_t)row * MSA_TOPK;
 
-	if (MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK) {
+	bool done = false;
+	if (MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK)
+		done = threshold_select(srow, MSA_SINK, n - MSA_LOCAL, pick[warp], cand_s[warp], cand_i[warp], lane);
+	if (!done && MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK) {
 		const int c0 = MSA_SINK, c1 = n - MSA_LOCAL;	// candidates c0..c1-1
 		float ls[MSA_KP_ALLOC];
 		int li[MSA_KP_ALLOC];
@@ -82,7 +144,7 @@ msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict_
 			}
 		}
 		__syncwarp();
-	} else if (MSA_KP > 0 && n > MSA_TOPK) {
+	} else if (!done && MSA_KP > 0 && n > MSA_TOPK) {
 		const int c0 = MSA_SINK, c1 = n - MSA_LOCAL;	// candidates c0..c1-1
 		float ps = MSA_INF;	// previous pick; (+inf, -1) comes before everything
 		int pid = -1;

@@ -78,38 +78,6 @@ static int join(char *buf, size_t n, const char *dir, const char *name)
 	return w < 0 || (size_t)w >= n ? -1 : 0;
 }
 
-/* Bytes read (short only at end of file), or -1 with errno set. */
-static ssize_t read_full(int fd, void *buf, size_t len)
-{
-	size_t got = 0;
-	while (got < len) {
-		ssize_t r = read(fd, (char *)buf + got, len - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -1;
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	return (ssize_t)got;
-}
-
-static int write_full(int fd, const void *buf, size_t len)
-{
-	const char *p = buf;
-	while (len > 0) {
-		ssize_t w = write(fd, p, len);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -1;
-		p += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
 static void checksum(const void *key, size_t key_len, const void *meta, size_t meta_len,
 		     const void *blob, size_t blob_len, uint8_t out[32])
 {
@@ -195,7 +163,7 @@ static int read_entry(const char *path, entry_file *ef, char *why, size_t whylen
 		msa_fmt(why, whylen, "truncated: %zu bytes, the header alone is %d", ef->size, HDR_SIZE);
 		goto out;
 	}
-	got = read_full(fd, h, HDR_SIZE);
+	got = msa_read_full(fd, h, HDR_SIZE);
 	if (got != HDR_SIZE) {
 		rc = got < 0 ? -MSA_EIO : 0;
 		msa_fmt(why, whylen, "%s %s: %s", got < 0 ? "read" : "truncated while reading",
@@ -215,7 +183,7 @@ static int read_entry(const char *path, entry_file *ef, char *why, size_t whylen
 		msa_fmt(why, whylen, "out of memory reading %s", path);
 		goto out;
 	}
-	got = read_full(fd, ef->body, body);
+	got = msa_read_full(fd, ef->body, body);
 	if (got < 0 || (size_t)got != body) {
 		rc = got < 0 ? -MSA_EIO : 0;
 		msa_fmt(why, whylen, "%s %s: %s", got < 0 ? "read" : "truncated while reading",
@@ -305,38 +273,13 @@ out:
 	return rc;
 }
 
-/* Create a temp file no other writer (thread or process) can have: pid,
- * a process counter and clock noise in the name, and O_EXCL as the guard. */
-static int open_temp(const char *dir, char *path, size_t n)
-{
-	static atomic_uint counter;
-	struct timespec ts;
-
-	for (int tries = 0; tries < 16; tries++) {
-		unsigned c = atomic_fetch_add(&counter, 1);
-		char name[96];
-		int fd;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		msa_fmt(name, sizeof name, TMP_PREFIX "%ld.%u.%08lx", (long)getpid(), c,
-			(unsigned long)(ts.tv_nsec ^ ((long)ts.tv_sec << 12)) & 0xffffffffUL);
-		if (join(path, n, dir, name) != 0) {
-			errno = ENAMETOOLONG;
-			return -1;
-		}
-		fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-		if (fd >= 0 || errno != EEXIST)
-			return fd;
-	}
-	return -1;
-}
-
 /* Returns MSA_OK or a positive MSA_E* with err naming the path and cause. */
 int msa_disk_put(const char *dir, const char *key, size_t key_len,
 		 const char *meta, const void *blob, size_t blob_len,
 		 char *err, size_t errlen)
 {
-	int rc = MSA_EIO, fd = -1, dfd;
-	char name[80], tmp[4096], path[4096];
+	int rc;
+	char name[80], path[4096];
 	uint8_t h[HDR_SIZE];
 	size_t meta_len;
 
@@ -363,7 +306,6 @@ int msa_disk_put(const char *dir, const char *key, size_t key_len,
 			rc == MSA_EIO ? strerror(errno) : "empty or too long a path");
 		return rc;
 	}
-	rc = MSA_EIO;
 
 	memcpy(h, MAGIC, sizeof MAGIC);
 	put_le(h + 8, MSA_DISK_FORMAT, 4);
@@ -373,47 +315,11 @@ int msa_disk_put(const char *dir, const char *key, size_t key_len,
 	put_le(h + 32, blob_len, 8);
 	checksum(key, key_len, meta, meta_len, blob, blob_len, h + 40);
 
-	fd = open_temp(dir, tmp, sizeof tmp);
-	if (fd < 0) {
-		msa_fmt(err, errlen, "cannot create a temp file in %s: %s", dir, strerror(errno));
-		return MSA_EIO;
+	{
+		const void *parts[] = {h, key, meta, blob};
+		size_t lens[] = {HDR_SIZE, key_len, meta_len, blob_len};
+		return msa_publish(path, TMP_PREFIX, parts, lens, 4, err, errlen);
 	}
-	if (write_full(fd, h, HDR_SIZE) != 0 || write_full(fd, key, key_len) != 0 ||
-	    write_full(fd, meta, meta_len) != 0 || write_full(fd, blob, blob_len) != 0) {
-		msa_fmt(err, errlen, "write %s: %s", tmp, strerror(errno));
-		goto out;
-	}
-	/* Data must be on disk before the rename makes it visible, or a crash
-	 * could publish a name pointing at unwritten blocks. */
-	if (fsync(fd) != 0) {
-		msa_fmt(err, errlen, "fsync %s: %s", tmp, strerror(errno));
-		goto out;
-	}
-	if (close(fd) != 0) {
-		fd = -1;
-		msa_fmt(err, errlen, "close %s: %s", tmp, strerror(errno));
-		goto out;
-	}
-	fd = -1;
-	if (rename(tmp, path) != 0) {
-		msa_fmt(err, errlen, "rename %s -> %s: %s", tmp, path, strerror(errno));
-		goto out;
-	}
-	tmp[0] = '\0';
-	/* Make the rename durable.  Best effort: the entry is already valid
-	 * and visible; losing the rename in a crash only costs a recompile. */
-	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0) {
-		(void)fsync(dfd);
-		close(dfd);
-	}
-	rc = MSA_OK;
-out:
-	if (fd >= 0)
-		close(fd);
-	if (tmp[0])
-		unlink(tmp);
-	return rc;
 }
 
 int msa_disk_list(const char *dir, void (*fn)(void *arg, const msa_disk_info *info), void *arg)

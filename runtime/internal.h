@@ -23,6 +23,16 @@ double msa_now_ms(void);
 int msa_read_file(const char *path, char **data, size_t *len);
 /* mkdir -p */
 int msa_mkdirs(const char *path);
+#include <sys/types.h>
+/* read/write that retry short transfers and EINTR; -1 with errno set. */
+ssize_t msa_read_full(int fd, void *buf, size_t len);
+int msa_write_full(int fd, const void *buf, size_t len);
+/* Publish the concatenated parts as `path` atomically: a temp file named
+ * <dir>/<tmp_prefix><pid>.<counter> (O_EXCL) written, fsync'ed, renamed
+ * over path, and the directory fsync'ed.  On failure the temp file is
+ * gone and err names the file and the cause. */
+int msa_publish(const char *path, const char *tmp_prefix, const void *const *parts,
+		const size_t *lens, int nparts, char *err, size_t errlen);
 
 /* ------------------------------------------------------------ sha256.c */
 

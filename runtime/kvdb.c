@@ -96,37 +96,6 @@ static void line_sum(const char *key, size_t klen, const char *val, size_t vlen,
 	out[SUM_LEN] = '\0';
 }
 
-/* Bytes read (short only at end of file), or -1 with errno set. */
-static ssize_t read_full(int fd, char *buf, size_t len)
-{
-	size_t got = 0;
-	while (got < len) {
-		ssize_t r = read(fd, buf + got, len - got);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -1;
-		if (r == 0)
-			break;
-		got += (size_t)r;
-	}
-	return (ssize_t)got;
-}
-
-static int write_full(int fd, const char *p, size_t len)
-{
-	while (len > 0) {
-		ssize_t w = write(fd, p, len);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -1;
-		p += w;
-		len -= (size_t)w;
-	}
-	return 0;
-}
-
 /* The whole file, NUL-terminated.  An absent file is MSA_OK with *data
  * NULL; MSA_EIO (errno set) or MSA_ENOMEM otherwise. */
 static int load(const char *path, char **data, size_t *len)
@@ -156,7 +125,7 @@ static int load(const char *path, char **data, size_t *len)
 		rc = MSA_ENOMEM;
 		goto out;
 	}
-	got = read_full(fd, *data, (size_t)st.st_size);
+	got = msa_read_full(fd, *data, (size_t)st.st_size);
 	if (got < 0) {
 		free(*data);
 		*data = NULL;
@@ -521,33 +490,12 @@ static void sweep_temps(const char *dir, const char *base)
 	closedir(d);
 }
 
-static int open_temp(const char *dir, const char *base, char *tmp, size_t n)
-{
-	static atomic_uint counter;
-
-	for (int tries = 0; tries < 64; tries++) {
-		unsigned c = atomic_fetch_add(&counter, 1);
-		int w = snprintf(tmp, n, "%s/.%s.tmp.%ld.%u", dir, base, (long)getpid(), c);
-		int fd;
-
-		if (w < 0 || (size_t)w >= n) {
-			errno = ENAMETOOLONG;
-			return -1;
-		}
-		fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-		if (fd >= 0 || errno != EEXIST)
-			return fd;
-	}
-	return -1;
-}
-
 /* Write t to a temp file and rename it over path.  The caller holds the
  * lock. */
 static int publish(const char *path, const char *dir, const char *base, const kv_table *t,
 		   char *err, size_t errlen)
 {
-	int rc = MSA_EIO, fd, dfd;
-	char tmp[4600];
+	int rc;
 	size_t len;
 	char *text = table_text(t, &len);
 
@@ -556,47 +504,15 @@ static int publish(const char *path, const char *dir, const char *base, const kv
 		return MSA_ENOMEM;
 	}
 	sweep_temps(dir, base);
-	fd = open_temp(dir, base, tmp, sizeof tmp);
-	if (fd < 0) {
-		msa_fmt(err, errlen, "kvdb %s: cannot create a temp file in %s: %s", path, dir,
-			strerror(errno));
-		free(text);
-		return MSA_EIO;
+	{
+		char prefix[300], why[1024];
+		const void *parts[] = {text};
+		size_t lens[] = {len};
+		msa_fmt(prefix, sizeof prefix, ".%s.tmp.", base);
+		rc = msa_publish(path, prefix, parts, lens, 1, why, sizeof why);
+		if (rc != MSA_OK)
+			msa_fmt(err, errlen, "kvdb %s: %s", path, why);
 	}
-	if (write_full(fd, text, len) != 0) {
-		msa_fmt(err, errlen, "kvdb %s: write %s: %s", path, tmp, strerror(errno));
-		goto out;
-	}
-	/* The data must be on disk before the rename makes it visible, or a
-	 * crash could publish the name over unwritten blocks. */
-	if (fsync(fd) != 0) {
-		msa_fmt(err, errlen, "kvdb %s: fsync %s: %s", path, tmp, strerror(errno));
-		goto out;
-	}
-	if (close(fd) != 0) {
-		fd = -1;
-		msa_fmt(err, errlen, "kvdb %s: close %s: %s", path, tmp, strerror(errno));
-		goto out;
-	}
-	fd = -1;
-	if (rename(tmp, path) != 0) {
-		msa_fmt(err, errlen, "kvdb %s: rename %s: %s", path, tmp, strerror(errno));
-		goto out;
-	}
-	tmp[0] = '\0';
-	/* Best effort: the new file is already complete and visible; a crash
-	 * that loses the rename only loses this update. */
-	dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (dfd >= 0) {
-		(void)fsync(dfd);
-		close(dfd);
-	}
-	rc = MSA_OK;
-out:
-	if (fd >= 0)
-		close(fd);
-	if (tmp[0])
-		unlink(tmp);
 	free(text);
 	return rc;
 }

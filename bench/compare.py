@@ -168,6 +168,11 @@ def bench_msa(tab, layer, n, results, dense_ms):
     ids = torch.empty(hkv, n, layer.topk, device="cuda", dtype=torch.int32)
     reps = 5 if n <= 32768 else 2
     t_it = median_ms(lambda: plan.index_topk(x["qi"], x["ki"], out=ids), reps=reps)
+    t_is = None
+    if hkv * n * plan.nb_max * 4 <= (4 << 30):  # the score tensor must fit
+        scores = torch.empty(hkv, n, plan.nb_max, device="cuda", dtype=torch.float32)
+        t_is = median_ms(lambda: plan.index_scores(x["qi"], x["ki"], out=scores), reps=reps)
+        del scores
     idx_flops = 2 * di * hkv * causal_pairs(n, n)
     pairs = selected_pairs(layer, ids, n)
     sp_flops = 4 * d * (hq // hkv) * pairs
@@ -179,7 +184,10 @@ def bench_msa(tab, layer, n, results, dense_ms):
     t_all = median_ms(lambda: plan.attention(x["qi"], x["ki"], x["q"], x["k"], x["v"], out=out, lse=lse),
                       reps=reps)
     size = f"{n // 1024}K"
-    tab.add("msa", "index + fused top-k", size, t_it, f"{idx_flops / t_it / 1e9:.0f} TFLOP/s")
+    if t_is:
+        tab.add("msa", "index branch alone (scores to memory)", size, t_is, f"{idx_flops / t_is / 1e9:.0f} TFLOP/s")
+    tab.add("msa", "index + fused top-k", size, t_it, f"{idx_flops / t_it / 1e9:.0f} TFLOP/s"
+            + (f", +{100 * (t_it / t_is - 1):.0f}% over scores alone" if t_is else ""))
     for name, t in t_sp.items():
         tab.add("msa", f"sparse attention, {name}", size, t, f"{sp_flops / t / 1e9:.0f} TFLOP/s")
     tab.add("msa", "whole MSA prefill", size, t_all, "", "dense cuDNN causal",

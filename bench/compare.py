@@ -399,6 +399,27 @@ def bench_tuned(tab, n):
     tuned.close()
 
 
+def bench_fp8_index(tab, n):
+    """The fp8 index branch (specs/minimax-m3-fp8.lua) against the bf16 one."""
+    res = {}
+    for name, spec, dt in (("bf16", SPEC, torch.bfloat16),
+                           ("fp8 e4m3", os.path.join(HERE, "..", "specs", "minimax-m3-fp8.lua"),
+                            torch.float8_e4m3fn)):
+        layer = msagen.load(spec)
+        qi = rand(n, layer.heads_kv, layer.index_dim).to(dt)
+        ki = rand(n, layer.index_dim).to(dt)
+        plan = layer.plan([0, n], [0, n])
+        ids = torch.empty(layer.heads_kv, n, layer.topk, device="cuda", dtype=torch.int32)
+        res[name] = median_ms(lambda: plan.index_topk(qi, ki, out=ids), reps=5 if n <= 32768 else 3)
+        del plan
+        layer.close()
+    flops = 2 * 128 * 4 * causal_pairs(n, n)
+    size = f"{n // 1024}K"
+    tab.add("fp8idx", "index + fused top-k, bf16", size, res["bf16"], f"{flops / res['bf16'] / 1e9:.0f} TFLOP/s")
+    tab.add("fp8idx", "index + fused top-k, fp8 e4m3", size, res["fp8 e4m3"],
+            f"{flops / res['fp8 e4m3'] / 1e9:.0f} TFLOP/s", "bf16", res["bf16"] / res["fp8 e4m3"])
+
+
 def splice(results_path, md):
     """Replace the section between the markers in RESULTS.md."""
     begin, end = "<!-- compare.py begin -->", "<!-- compare.py end -->"
@@ -416,13 +437,13 @@ def main():
     ap.add_argument("--out", default="bench-out", help="directory for compare.md and speedup.png")
     ap.add_argument("--results", help="RESULTS.md to splice the table into")
     ap.add_argument("--quick", action="store_true", help="8K and 32K only (a smoke run)")
-    ap.add_argument("--skip", default="", help="comma list of stages to skip: dense,topk,flex,msa,decode,tuned")
+    ap.add_argument("--skip", default="", help="comma list of stages to skip: dense,topk,flex,msa,decode,tuned,fp8idx")
     ap.add_argument("--only", default="", help="comma list of the only stages to run")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
     if args.only:
-        skip = {"dense", "topk", "flex", "msa", "decode", "tuned"} - set(args.only.split(","))
+        skip = {"dense", "topk", "flex", "msa", "decode", "tuned", "fp8idx"} - set(args.only.split(","))
     torch.manual_seed(int(time.time()))
     layer = msagen.load(SPEC)
     dev = torch.cuda.get_device_name()
@@ -470,6 +491,12 @@ def main():
         except Exception as e:
             tab.note(f"msa 1M failed: {type(e).__name__}: {str(e)[:200]}")
         torch.cuda.empty_cache()
+    if "fp8idx" not in skip:
+        for n in sizes:
+            try:
+                bench_fp8_index(tab, n)
+            except Exception as e:
+                tab.note(f"fp8 index {n} failed: {type(e).__name__}: {str(e)[:200]}")
     if "tuned" not in skip:
         for n in sizes:
             try:

@@ -66,6 +66,8 @@ int msa_module_dense_kernel(msa_module *m, int causal, long max_q, msa_kernel **
 	msa_variant_default(&v, MSA_K_DENSE_FWD, &m->layer, m->arch, causal);
 	if (msa_tune_lookup(m->ctx, &v, "tiles", f->ntunables, max_q, m->gpu, m->sms, &r))
 		memcpy(v.tune, r.cand[r.pick].tune, sizeof v.tune);
+	else if (max_q <= 64)
+		v.tune[0] = 64;	/* decode: a 128-row tile would hold at most 64 live rows */
 	return msa_kernel_get(m->ctx, &v, out);
 }
 

@@ -282,6 +282,7 @@ struct msa_ctx {
 	int no_tuned;		/* ignore the tuning database (MSAGEN_TUNED=0) */
 	pthread_mutex_t lock;	/* guards kernels and compiles */
 	msa_memtab *kernels;	/* variant name -> msa_kernel */
+	struct msa_tune_db *tunedb;	/* tune.c's copy of the tuning database */
 };
 
 /* A loaded kernel; owned by the context's table. */
@@ -361,6 +362,8 @@ typedef struct msa_tune_rec {
 	msa_tune_cand cand[MSA_TUNE_MAX_CAND];
 } msa_tune_rec;
 
+typedef struct msa_tune_db msa_tune_db;
+void msa_tune_db_free(msa_tune_db *db);
 void msa_tune_db_path(const msa_ctx *ctx, char *buf, size_t n);
 int msa_tune_bucket(long tokens);
 /* what: "tiles" (the family's compile-time tunables) or "form" (sparse). */

@@ -73,6 +73,7 @@ void msa_ctx_free(msa_ctx *ctx)
 		msa_cu_get(&cu, NULL, 0);
 	msa_memtab_each(ctx->kernels, free_kernel, (void *)cu);
 	msa_memtab_free(ctx->kernels);
+	msa_tune_db_free(ctx->tunedb);
 	pthread_mutex_destroy(&ctx->lock);
 	free(ctx);
 }

@@ -7,9 +7,11 @@
  * (another GPU, a new generator) is simply never looked up.  The value
  * lists every candidate's median, p20 and p80 and the pick. */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "internal.h"
 
@@ -134,12 +136,91 @@ static void near_visit(void *arg, const char *key, const char *value)
 	}
 }
 
+/* The database as the context last read it: plans look records up often
+ * and the file rarely changes, so it is read again only when its identity
+ * (inode, size, modification time) changes. */
+struct msa_tune_db {
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	struct timespec mtime;
+	int n, cap;
+	char **keys, **vals;
+};
+
+void msa_tune_db_free(msa_tune_db *db)
+{
+	if (!db)
+		return;
+	for (int i = 0; i < db->n; i++) {
+		free(db->keys[i]);
+		free(db->vals[i]);
+	}
+	free(db->keys);
+	free(db->vals);
+	free(db);
+}
+
+static void db_add(void *arg, const char *key, const char *value)
+{
+	msa_tune_db *db = arg;
+	char *k, *v;
+	if (db->n == db->cap) {
+		int cap = db->cap ? 2 * db->cap : 32;
+		char **nk = realloc(db->keys, sizeof *nk * (size_t)cap), **nv;
+		if (!nk)
+			return;
+		db->keys = nk;
+		if (!(nv = realloc(db->vals, sizeof *nv * (size_t)cap)))
+			return;
+		db->vals = nv;
+		db->cap = cap;
+	}
+	k = strdup(key);
+	v = strdup(value);
+	if (!k || !v) {
+		free(k);
+		free(v);
+		return;
+	}
+	db->keys[db->n] = k;
+	db->vals[db->n++] = v;
+}
+
+/* The context's copy, refreshed when the file changed; NULL when there is
+ * no database.  Called with ctx->lock held. */
+static msa_tune_db *db_current(msa_ctx *ctx)
+{
+	char path[1100];
+	struct stat st;
+	msa_tune_db *db = ctx->tunedb;
+	int bad = 0;
+	msa_tune_db_path(ctx, path, sizeof path);
+	if (stat(path, &st) != 0) {
+		msa_tune_db_free(db);
+		return ctx->tunedb = NULL;
+	}
+	if (db && db->dev == st.st_dev && db->ino == st.st_ino && db->size == st.st_size &&
+	    db->mtime.tv_sec == st.st_mtim.tv_sec && db->mtime.tv_nsec == st.st_mtim.tv_nsec)
+		return db;
+	msa_tune_db_free(db);
+	if (!(db = calloc(1, sizeof *db)))
+		return ctx->tunedb = NULL;
+	db->dev = st.st_dev;
+	db->ino = st.st_ino;
+	db->size = st.st_size;
+	db->mtime = st.st_mtim;
+	if (msa_kvdb_each(path, db_add, db, &bad) < 0)
+		db->n = 0;
+	return ctx->tunedb = db;
+}
+
 int msa_tune_lookup(msa_ctx *ctx, const msa_variant *v, const char *what, int ntune, long tokens,
 		    const char *gpu, int sms, msa_tune_rec *out)
 {
-	char pre[320], post[160], path[1100];
+	char pre[320], post[160];
 	near_walk w;
-	int bad = 0;
+	msa_tune_db *db;
 	if (ctx->no_tuned || !ctx->disk)
 		return 0;
 	memset(&w, 0, sizeof w);
@@ -148,9 +229,11 @@ int msa_tune_lookup(msa_ctx *ctx, const msa_variant *v, const char *what, int nt
 	w.post = post;
 	w.want = msa_tune_bucket(tokens);
 	w.ntune = ntune;
-	msa_tune_db_path(ctx, path, sizeof path);
-	if (msa_kvdb_each(path, near_visit, &w, &bad) < 0)
-		return 0;
+	pthread_mutex_lock(&ctx->lock);
+	if ((db = db_current(ctx)))
+		for (int i = 0; i < db->n; i++)
+			near_visit(&w, db->keys[i], db->vals[i]);
+	pthread_mutex_unlock(&ctx->lock);
 	if (w.found)
 		*out = w.rec;
 	return w.found;

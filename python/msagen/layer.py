@@ -24,7 +24,7 @@ from ctypes import POINTER, byref, c_int, c_void_p, cast
 
 from . import _args, _capi, _cuda
 from .errors import MSA_EINVAL, Error
-from .spec import Context, LayerSpec, as_spec
+from .spec import Closing, Context, LayerSpec, as_spec
 
 _TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp8_e4m3": "float8_e4m3fn"}
 SPARSE_MODES = {"auto": 0, "query-outer": 1, "kv-outer": 2}
@@ -87,7 +87,7 @@ def load(spec, layer=0, cache_dir=None, device=None, arch=None, verbose=False):
     return Layer(lspec, ctx, h, idx)
 
 
-class Layer:
+class Layer(Closing):
     """One loaded layer (an msa_module and its context).  Attributes of its
     LayerSpec (heads_q, topk, dtype_q, ...) read through.  close() or a
     with-block frees it, closing its plans first."""
@@ -217,24 +217,12 @@ class Layer:
                 _capi.lib().msa_module_free(h)
             self._ctx.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def __repr__(self):
         return "<msagen.Layer %s on %s%s>" % (self.spec.name, self.device,
                                               " (closed)" if self.closed else "")
 
 
-class _PlanBase:
+class _PlanBase(Closing):
     """What both plan kinds share: the owning layer, the C handle, the
     ctypes arrays (kept alive with the plan), freeing, argument checks."""
 
@@ -280,18 +268,6 @@ class _PlanBase:
             if lay._h:
                 with _cuda.on_device(lay.device.index):
                     getattr(_capi.lib(), self._free)(h)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def _sparse_mode(m):

@@ -31,6 +31,23 @@ def _dtype_prop(field):
     return property(get, doc="msa_layer.%s as its spec name" % field)
 
 
+class Closing:
+    """`with` blocks and garbage collection both end in close(); a close()
+    that fails while the interpreter shuts down is not worth a traceback."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
 class LayerSpec:
     """One checked layer of a spec: read-only attributes mirroring msa_layer
     (heads_q, heads_kv, group, head_dim, index_heads, index_dim, block, topk,
@@ -194,7 +211,7 @@ def as_spec(spec):
     return load_spec(spec)
 
 
-class Context:
+class Context(Closing):
     """An msa_ctx: the memory cache of loaded kernels and the disk cache
     directory.  Freed by close() (or when collected)."""
 
@@ -225,18 +242,6 @@ class Context:
         h, self.handle = self.handle, None
         if h:
             _capi.lib().msa_ctx_free(h)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
 
 
 def _progress_printer(done, total, line):

@@ -432,6 +432,16 @@ def splice(results_path, md):
     open(results_path, "w").write(text)
 
 
+def guarded(tab, label, fn, *args):
+    """Run one measurement; a failure becomes a note in the table, so one
+    broken stage does not cost the rest of the run.  Returns fn's result."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        tab.note(f"{label} failed: {type(e).__name__}: {str(e)[:200]}")
+        return None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="bench-out", help="directory for compare.md and speedup.png")
@@ -459,26 +469,14 @@ def main():
     for n in sizes:
         dense_ms = None
         if "dense" not in skip:
-            try:
-                dense_ms = bench_dense(tab, layer, n, results)
-            except Exception as e:
-                tab.note(f"dense {n} failed: {type(e).__name__}: {str(e)[:200]}")
+            dense_ms = guarded(tab, f"dense {n}", bench_dense, tab, layer, n, results)
         if "topk" not in skip:
-            try:
-                bench_topk(tab, layer, n)
-            except Exception as e:
-                tab.note(f"topk {n} failed: {type(e).__name__}: {str(e)[:200]}")
+            guarded(tab, f"topk {n}", bench_topk, tab, layer, n)
         if "msa" not in skip:
-            try:
-                ids, x, plan = bench_msa(tab, layer, n, results, dense_ms)
-                if "flex" not in skip and n <= 32768:
-                    try:
-                        bench_flex(tab, layer, n, ids, x, plan)
-                    except Exception as e:
-                        tab.note(f"FlexAttention {n} failed: {type(e).__name__}: {str(e)[:200]}")
-                del ids, x, plan
-            except Exception as e:
-                tab.note(f"msa {n} failed: {type(e).__name__}: {str(e)[:200]}")
+            got = guarded(tab, f"msa {n}", bench_msa, tab, layer, n, results, dense_ms)
+            if got and "flex" not in skip and n <= 32768:
+                guarded(tab, f"FlexAttention {n}", bench_flex, tab, layer, n, *got)
+            del got
         torch.cuda.empty_cache()
     if not args.quick and "msa" not in skip:
         n = 1 << 20
@@ -486,32 +484,20 @@ def main():
         d1m = d128 * 64 if d128 else None  # causal dense grows as n^2
         if d1m:
             tab.note(f"dense cuDNN at 1M is extrapolated: {d128:.1f} ms at 128K x 64 = {d1m:.0f} ms")
-        try:
-            bench_msa(tab, layer, n, results, d1m)
-        except Exception as e:
-            tab.note(f"msa 1M failed: {type(e).__name__}: {str(e)[:200]}")
+        guarded(tab, "msa 1M", bench_msa, tab, layer, n, results, d1m)
         torch.cuda.empty_cache()
     if "fp8idx" not in skip:
         for n in sizes:
-            try:
-                bench_fp8_index(tab, n)
-            except Exception as e:
-                tab.note(f"fp8 index {n} failed: {type(e).__name__}: {str(e)[:200]}")
+            guarded(tab, f"fp8 index {n}", bench_fp8_index, tab, n)
     if "tuned" not in skip:
         for n in sizes:
-            try:
-                bench_tuned(tab, n)
-            except Exception as e:
-                tab.note(f"tuned {n} failed: {type(e).__name__}: {str(e)[:200]}")
+            guarded(tab, f"tuned {n}", bench_tuned, tab, n)
     if "decode" not in skip:
         for batch in (1, 8, 32, 128):
             for ctx in (8192, 131072, 1 << 20):
                 if batch * ctx > (16 << 20) or (args.quick and ctx > 131072):
                     continue
-                try:
-                    bench_decode(tab, layer, batch, ctx, results)
-                except Exception as e:
-                    tab.note(f"decode b{batch} {ctx} failed: {type(e).__name__}: {str(e)[:200]}")
+                guarded(tab, f"decode b{batch} {ctx}", bench_decode, tab, layer, batch, ctx, results)
                 torch.cuda.empty_cache()
     series = {}
     for n, t in results.get("msa", {}).items():

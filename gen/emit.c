@@ -26,6 +26,8 @@ static const msa_family families[MSA_K_COUNT] = {
 	[MSA_K_GATHER] = {"gather", MSA_F_HEADS | MSA_F_BK | MSA_F_TOPK, "gather.cu", "msa_gather",
 			  "msa_gather_scan", 0, {{0}}},
 	[MSA_K_SPARSE_KVO] = {"sparse_kvo", F_ATTN | MSA_F_TOPK, "sparse_kvo.cu", "msa_sparse_kvo", NULL, 0, {{0}}},
+	[MSA_K_DENSE_FWD90] = {"dense_fwd90", F_ATTN | MSA_F_CAUSAL, "dense_fwd90.cu", "msa_dense_fwd90", NULL, 0,
+			       {{0}}},
 };
 
 const msa_family *msa_family_get(msa_kind kind)
@@ -57,10 +59,22 @@ static int arch_number(const char *arch)
 	return n * 10;
 }
 
-/* Whether a family can serve a layer at all (dtype, head dim, arch). */
-static int family_supports(msa_kind kind, const msa_layer *l, char *why, size_t n)
+/* Whether a family can serve a layer at all (dtype, head dim) on arch
+ * (NULL: on some arch). */
+static int family_supports(msa_kind kind, const msa_layer *l, const char *arch, char *why, size_t n)
 {
 	switch (kind) {
+	case MSA_K_DENSE_FWD90:
+		if (arch && strcmp(arch, "sm_90a") != 0) {
+			msa_fmt(why, n, "the wgmma kernels need sm_90a");
+			return 0;
+		}
+		if (l->dtype_q != l->dtype_kv || l->dtype_q == MSA_DT_FP8_E4M3 ||
+		    (l->head_dim != 64 && l->head_dim != 128)) {
+			msa_fmt(why, n, "the wgmma dense kernel needs 16-bit q and kv, head dim 64 or 128");
+			return 0;
+		}
+		return 1;
 	case MSA_K_SPARSE_KVO:
 	case MSA_K_GATHER:
 		if (l->group > 128 || (l->group & (l->group - 1))) {
@@ -89,7 +103,12 @@ static int family_supports(msa_kind kind, const msa_layer *l, char *why, size_t 
 
 int msa_layer_supports(const msa_layer *l, msa_kind kind)
 {
-	return family_supports(kind, l, NULL, 0);
+	return family_supports(kind, l, NULL, NULL, 0);
+}
+
+int msa_layer_supports_on(const msa_layer *l, msa_kind kind, const char *arch)
+{
+	return family_supports(kind, l, arch, NULL, 0);
 }
 
 /* Hand-rolled appends: this name is the in-memory cache key, built on
@@ -260,7 +279,7 @@ int msa_variants_for_layer(const msa_layer *layer, const char *arch, msa_variant
 		const msa_family *f = &families[kind];
 		const int *vals[MSA_MAX_TUNABLES];
 		int nv[MSA_MAX_TUNABLES], idx[MSA_MAX_TUNABLES] = {0};
-		if (!family_supports(kind, layer, NULL, 0))
+		if (!family_supports(kind, layer, arch, NULL, 0))
 			continue;
 		for (int i = 0; i < f->ntunables; i++)
 			if ((nv[i] = tune_values(layer, f, i, &vals[i], err, errlen)) < 0) {
@@ -396,6 +415,10 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		*smem = (rows + 4 * 64) * l->head_dim * 2 + (l->topk * (l->block / 64) + 1) * 4;
 		return;
 	}
+	case MSA_K_DENSE_FWD90:	/* 1 KB alignment, Q, 2 stages of K and V, 9 barriers */
+		*threads = 384;
+		*smem = 1024 + 128 * l->head_dim * 2 * 5 + 8 * 9;
+		return;
 	case MSA_K_SPARSE_KVO:
 		*threads = 256;
 		*smem = (128 + 4 * 64) * l->head_dim * 2 + 2 * 4 * 128;

@@ -2,6 +2,7 @@
  * attention entry points: plan checks lengths and uploads them once; run
  * only launches. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,7 +35,7 @@ int msa_module_new(msa_ctx *ctx, const msa_layer *layer, msa_module **out)
 	/* JIT at load: every kernel the layer uses, at default tiles. */
 	for (int kind = 0; kind < MSA_K_COUNT; kind++) {
 		msa_kernel *k;
-		if (!msa_layer_supports(layer, (msa_kind)kind))
+		if (!msa_layer_supports_on(layer, (msa_kind)kind, m->arch))
 			continue;
 		if ((rc = msa_module_kernel(m, (msa_kind)kind, layer->causal, &k)) != MSA_OK)
 			goto fail;
@@ -58,11 +59,23 @@ int msa_module_kernel(msa_module *m, msa_kind kind, int causal, msa_kernel **out
 	return msa_kernel_get(m->ctx, &v, out);
 }
 
-int msa_module_dense_kernel(msa_module *m, int causal, long max_q, msa_kernel **out)
+/* The dense kernel for a plan: on sm_90a the wgmma kernel, unless
+ * MSAGEN_DENSE=mma asks for the portable one (for comparisons) or the plan
+ * reads a paged cache or holds at most 64 queries per request; else the
+ * portable kernel at tuned or default tiles. */
+int msa_module_dense_kernel(msa_module *m, int causal, long max_q, int paged, msa_kernel **out,
+			    int *wgmma)
 {
 	msa_variant v;
 	msa_tune_rec r;
 	const msa_family *f = msa_family_get(MSA_K_DENSE_FWD);
+	const char *force = getenv("MSAGEN_DENSE");
+	*wgmma = 0;
+	if (!paged && msa_layer_supports_on(&m->layer, MSA_K_DENSE_FWD90, m->arch) && max_q > 64 &&
+	    !(force && strcmp(force, "mma") == 0)) {
+		*wgmma = 1;
+		return msa_module_kernel(m, MSA_K_DENSE_FWD90, causal, out);
+	}
 	msa_variant_default(&v, MSA_K_DENSE_FWD, &m->layer, m->arch, causal);
 	if (msa_tune_lookup(m->ctx, &v, "tiles", f->ntunables, max_q, m->gpu, m->sms, &r))
 		memcpy(v.tune, r.cand[r.pick].tune, sizeof v.tune);
@@ -128,7 +141,7 @@ int msa_dense_plan_new(msa_module *mod, int batch, const int *cu_q, const int *c
 	p->total_q = cu_q[batch];
 	p->total_kv = cu_kv[batch];
 	p->scale_log2 = (float)(mod->layer.scale / log(2.0));
-	if ((rc = msa_module_dense_kernel(mod, p->causal, max_q, &p->k)) != MSA_OK)
+	if ((rc = msa_module_dense_kernel(mod, p->causal, max_q, 0, &p->k, &p->wgmma)) != MSA_OK)
 		goto fail;
 	bytes = sizeof(int) * (size_t)(batch + 1);
 	rc = msa_cu_check(mod->cu->MemAlloc(&p->dev_cu, 2 * bytes), "cuMemAlloc", ctx->err, sizeof ctx->err);
@@ -156,42 +169,71 @@ void msa_dense_plan_free(msa_dense_plan *p)
 	free(p);
 }
 
+/* One 3-d tensor map over [rows, heads, dim] 16-bit elements, boxes of
+ * 64 columns x 1 head x 128 rows, 128-byte swizzle (hopper.cuh). */
+static int tmap3(msa_ctx *ctx, const msa_cu *cu, CUtensorMap *m, const void *base, int dt,
+		 int dim, int heads, long rows, const char *what)
+{
+	cuuint64_t size[3] = {(cuuint64_t)dim, (cuuint64_t)heads, (cuuint64_t)(rows > 0 ? rows : 1)};
+	cuuint64_t stride[2] = {(cuuint64_t)dim * 2, (cuuint64_t)dim * 2 * (cuuint64_t)heads};
+	cuuint32_t box[3] = {64, 1, 128}, estride[3] = {1, 1, 1};
+	char what_fn[64];
+	if ((uintptr_t)base % 16)
+		return msa_ctx_fail(ctx, MSA_EINVAL, "%s = %p is not 16-byte aligned (the wgmma kernel "
+				    "loads it by TMA)", what, base);
+	msa_fmt(what_fn, sizeof what_fn, "cuTensorMapEncodeTiled(%s)", what);
+	return msa_cu_check(cu->TensorMapEncodeTiled(m, dt == MSA_DT_FP16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+						      : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+						      3, (void *)base, size, stride, box, estride,
+						      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+						      CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+						      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+			    what_fn, ctx->err, sizeof ctx->err);
+}
+
+int msa_dense_launch(const msa_dense_args *a, void *stream)
+{
+	msa_module *mod = a->mod;
+	msa_ctx *ctx = mod->ctx;
+	const msa_layer *l = &mod->layer;
+	const void *q = a->q, *k = a->k, *v = a->v;
+	void *out = a->out;
+	float *lse = a->lse;
+	CUdeviceptr cq = a->cu_q, ck = a->cu_kv, pt = a->pages;
+	float scale_log2 = a->scale_log2, out_scale = a->out_scale;
+	int causal = a->causal, stride = a->pt_stride, rc;
+
+	if (a->max_q == 0)
+		return MSA_OK;
+	if (a->wgmma) {
+		CUtensorMap mq, mk, mv;
+		void *args[] = {&mq, &mk, &mv, &out, &lse, &cq, &ck, &scale_log2, &out_scale, &causal};
+		if ((rc = tmap3(ctx, mod->cu, &mq, q, l->dtype_q, l->head_dim, l->heads_q, a->total_q, "q")) ||
+		    (rc = tmap3(ctx, mod->cu, &mk, k, l->dtype_kv, l->head_dim, l->heads_kv, a->total_kv, "k")) ||
+		    (rc = tmap3(ctx, mod->cu, &mv, v, l->dtype_kv, l->head_dim, l->heads_kv, a->total_kv, "v")))
+			return rc;
+		return msa_launch(ctx, a->kern, (unsigned)((a->max_q + 127) / 128), (unsigned)l->heads_q,
+				  (unsigned)a->batch, args, stream);
+	}
+	void *args[] = {&q, &k, &v, &out, &lse, &cq, &ck, &pt, &stride, &scale_log2, &out_scale, &causal};
+	return msa_launch(ctx, a->kern, (unsigned)((a->max_q + a->kern->tune[0] - 1) / a->kern->tune[0]),	/* block_m */
+			  (unsigned)l->heads_q, (unsigned)a->batch, args, stream);
+}
+
 int msa_dense_run(msa_dense_plan *p, const void *q, const void *k, const void *v, void *out,
 		  float *lse, void *stream)
 {
-	msa_ctx *ctx;
-	CUdeviceptr cq, ck;
-	void *args[12], *nopages = NULL;
-	unsigned grid_x;
-	int causal, zero = 0;
-	float one = 1.f;
-
 	if (!p)
 		return MSA_EINVAL;
-	ctx = p->mod->ctx;
 	if (!q || !k || !v || !out || !lse)
-		return msa_ctx_fail(ctx, MSA_EINVAL, "msa_dense_run: %s is NULL",
+		return msa_ctx_fail(p->mod->ctx, MSA_EINVAL, "msa_dense_run: %s is NULL",
 				    !q ? "q" : !k ? "k" : !v ? "v" : !out ? "out" : "lse");
-	if (p->max_q == 0)
-		return MSA_OK;
-	cq = p->dev_cu;
-	ck = p->dev_cu + sizeof(int) * (size_t)(p->batch + 1);
-	causal = p->causal;
-	args[0] = &q;
-	args[1] = &k;
-	args[2] = &v;
-	args[3] = &out;
-	args[4] = &lse;
-	args[5] = &cq;
-	args[6] = &ck;
-	args[7] = &nopages;
-	args[8] = &zero;
-	args[9] = &p->scale_log2;
-	args[10] = &one;
-	args[11] = &causal;
-	grid_x = (unsigned)((p->max_q + p->k->tune[0] - 1) / p->k->tune[0]);	/* block_m */
-	return msa_launch(ctx, p->k, grid_x, (unsigned)p->mod->layer.heads_q, (unsigned)p->batch,
-			  args, stream);
+	msa_dense_args a = {
+		p->mod, p->k, p->wgmma, q, k, v, out, lse, p->dev_cu,
+		p->dev_cu + sizeof(int) * (size_t)(p->batch + 1), 0, 0, p->scale_log2, 1.f, p->causal,
+		p->batch, p->max_q, p->total_q, p->total_kv,
+	};
+	return msa_dense_launch(&a, stream);
 }
 
 int msa_launch_fn(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned gy,

@@ -120,6 +120,7 @@ typedef enum msa_kind {
 	MSA_K_COMBINE,
 	MSA_K_GATHER,
 	MSA_K_SPARSE_KVO,
+	MSA_K_DENSE_FWD90,	/* sm_90a: wgmma + TMA */
 	MSA_K_COUNT
 } msa_kind;
 
@@ -173,8 +174,10 @@ int msa_variants_for_layer(const msa_layer *layer, const char *arch,
 /* Generate the CUDA source: prelude of constants, then the template after a
  * #line.  *src is malloc'ed and NUL-terminated. */
 int msa_emit(const msa_variant *v, char **src, size_t *len, char *err, size_t errlen);
-/* Whether any variant of a family serves this layer (dtypes, dims). */
+/* Whether any variant of a family serves this layer (dtypes, dims) on any
+ * arch; _on: on this arch ("sm_90a"). */
 int msa_layer_supports(const msa_layer *l, msa_kind kind);
+int msa_layer_supports_on(const msa_layer *l, msa_kind kind, const char *arch);
 /* Threads per CTA and dynamic shared memory bytes of a variant. */
 void msa_variant_launch(const msa_variant *v, int *threads, int *smem);
 
@@ -237,6 +240,7 @@ char *msa_artifact_key(const char *src, size_t len, const char *arch, size_t *ke
 	X(FuncSetAttribute, (CUfunction, CUfunction_attribute, int)) \
 	X(LaunchKernel, (CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, CUstream, void **, void **)) \
 	X(MemAlloc, (CUdeviceptr *, size_t)) \
+	X(TensorMapEncodeTiled, (CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *, const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill)) \
 	X(MemFree, (CUdeviceptr)) \
 	X(MemcpyHtoD, (CUdeviceptr, const void *, size_t)) \
 	X(MemcpyDtoH, (void *, CUdeviceptr, size_t)) \
@@ -325,12 +329,15 @@ struct msa_module {
 	char gpu[96];		/* device name, part of tuning keys */
 };
 
-/* The layer's dense kernel, tuned for max_q tokens when a record exists. */
-int msa_module_dense_kernel(msa_module *m, int causal, long max_q, msa_kernel **out);
+/* The layer's dense kernel for a plan, tuned for max_q tokens when a
+ * record exists; *wgmma says it is dense_fwd90 (no pages). */
+int msa_module_dense_kernel(msa_module *m, int causal, long max_q, int paged, msa_kernel **out,
+			    int *wgmma);
 
 struct msa_dense_plan {
 	msa_module *mod;
 	msa_kernel *k;		/* owned by the context */
+	int wgmma;		/* k is dense_fwd90: launched with tensor maps */
 	int batch, max_q, causal, total_q, total_kv;
 	float scale_log2;
 	CUdeviceptr dev_cu;	/* cu_q then cu_kv, batch+1 ints each */
@@ -341,6 +348,20 @@ int msa_check_lengths(msa_ctx *ctx, int batch, const int *cu_q, const int *cu_kv
 		      int *max_q);
 /* The module's kernel of a family at default tunables. */
 int msa_module_kernel(msa_module *m, msa_kind kind, int causal, msa_kernel **out);
+/* One dense attention launch, by the dense plan and the MSA plan alike. */
+typedef struct msa_dense_args {
+	msa_module *mod;
+	const msa_kernel *kern;
+	int wgmma;		/* kern is dense_fwd90: tensor maps, no pages */
+	const void *q, *k, *v;
+	void *out;
+	float *lse;
+	CUdeviceptr cu_q, cu_kv, pages;
+	int pt_stride;
+	float scale_log2, out_scale;
+	int causal, batch, max_q, total_q, total_kv;
+} msa_dense_args;
+int msa_dense_launch(const msa_dense_args *a, void *stream);
 int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsigned gz,
 	       void **args, void *stream);
 int msa_launch_fn(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned gy,
@@ -384,6 +405,7 @@ struct msa_plan {
 	msa_module *mod;
 	msa_kernel *k_scores, *k_itopk, *k_topk, *k_sparse, *k_combine, *k_dense;
 	msa_kernel *k_gather, *k_kvo;
+	int dense_wgmma;	/* k_dense is dense_fwd90 */
 	int mode;		/* MSA_SPARSE_QO or _KVO */
 	int ksplit;		/* index_scores CTAs per (query tile, head, request) */
 	int unfused;		/* msa_attention: scores + top-k (decode), not fused */

@@ -45,7 +45,7 @@ static int plan_kernels(msa_plan *p)
 		return rc;
 	if (msa_layer_supports(&m->layer, MSA_K_SPARSE_FWD) &&
 	    ((rc = msa_module_kernel(m, MSA_K_SPARSE_FWD, c, &p->k_sparse)) ||
-	     (rc = msa_module_dense_kernel(m, c, p->max_q, &p->k_dense))))
+	     (rc = msa_module_dense_kernel(m, c, p->max_q, p->paged, &p->k_dense, &p->dense_wgmma))))
 		return rc;
 	if (msa_layer_supports(&m->layer, MSA_K_SPARSE_KVO) &&
 	    ((rc = msa_module_kernel(m, MSA_K_SPARSE_KVO, c, &p->k_kvo)) ||
@@ -409,15 +409,13 @@ int msa_dense(msa_plan *p, const void *q, const void *k, const void *v, void *ou
 	      void *stream)
 {
 	NEED(p, "msa_dense", "q k v out lse", q, k, v, out, lse);
-	const msa_layer *l = &p->mod->layer;
-	CUdeviceptr pt = p->pages;
-	int stride = p->pages_per_req, causal = l->causal;
-	void *args[] = {&q, &k, &v, &out, &lse, &p->cu_q, &p->cu_kv, &pt, &stride,
-			&p->scale_log2, &p->out_scale, &causal};
 	if (!p->k_dense)
-		return msa_ctx_fail(p->mod->ctx, MSA_EUNSUPPORTED, "layer %s: no dense kernel", l->name);
-	if (p->max_q == 0)
-		return MSA_OK;
-	return msa_launch(p->mod->ctx, p->k_dense, (unsigned)((p->max_q + p->k_dense->tune[0] - 1) / p->k_dense->tune[0]),
-			  (unsigned)l->heads_q, (unsigned)p->batch, args, stream);
+		return msa_ctx_fail(p->mod->ctx, MSA_EUNSUPPORTED, "layer %s: no dense kernel",
+				    p->mod->layer.name);
+	msa_dense_args a = {
+		p->mod, p->k_dense, p->dense_wgmma, q, k, v, out, lse, p->cu_q, p->cu_kv, p->pages,
+		p->pages_per_req, p->scale_log2, p->out_scale, p->mod->layer.causal, p->batch, p->max_q,
+		p->total_q, p->total_kv,
+	};
+	return msa_dense_launch(&a, stream);
 }

@@ -13,7 +13,7 @@
 #include "tap.h"
 
 typedef struct dcase {
-	int hq, hkv, d, fp16, causal, bm, bn;
+	int hq, hkv, d, fp16, causal, bm, bn;	/* bm 0: the plan's own kernel (wgmma on sm_90a) */
 	int batch, max_q, max_extra;	/* q_len in 1..max_q, kv_len = q_len + 0..max_extra */
 } dcase;
 
@@ -27,11 +27,13 @@ static int run_case(gpu_env *env, const dcase *c, ref_rng *rng, int idx)
 	msa_dense_plan *p = NULL;
 
 	msa_fmt(name, sizeof name, "case%d", idx);
+	char tune[96] = "";
+	if (c->bm)
+		msa_fmt(tune, sizeof tune, ", tune = { dense_fwd = { block_m = %d, block_n = %d } }", c->bm, c->bn);
 	msa_fmt(spec, sizeof spec,
 		"layer { name = '%s', heads = { q = %d, kv = %d }, head_dim = %d, index_dim = 64,"
-		" dtype = '%s', causal = %s, tune = { dense_fwd = { block_m = %d, block_n = %d } } }",
-		name, c->hq, c->hkv, c->d, c->fp16 ? "fp16" : "bf16", c->causal ? "true" : "false",
-		c->bm, c->bn);
+		" dtype = '%s', causal = %s%s }",
+		name, c->hq, c->hkv, c->d, c->fp16 ? "fp16" : "bf16", c->causal ? "true" : "false", tune);
 	if (msa_spec_load_string("case.lua", spec, strlen(spec), &s, env->err, sizeof env->err))
 		bail("%s", env->err);
 	/* the module JITs the default tiles; the case's tiles come from tune */
@@ -63,8 +65,12 @@ static int run_case(gpu_env *env, const dcase *c, ref_rng *rng, int idx)
 		var.tune[1] = c->bn;
 		rc = msa_dense_plan_new(m, c->batch, cu_q, cu_kv, c->causal, &p);
 		/* run the case's tile variant through the same plan */
-		if (rc == MSA_OK && (rc = msa_kernel_get(env->ctx, &var, &kern)) == MSA_OK)
+		if (rc == MSA_OK && c->bm && (rc = msa_kernel_get(env->ctx, &var, &kern)) == MSA_OK) {
 			p->k = kern;
+			p->wgmma = 0;
+		}
+		if (rc == MSA_OK && !c->bm && env->cc == 90)
+			ok(p->wgmma, "%s: sm_90a plan picks the wgmma kernel", name);
 	}
 	if (rc == MSA_OK)
 		rc = msa_dense_run(p, (void *)q.dev, (void *)k.dev, (void *)v.dev, (void *)o.dev,
@@ -87,9 +93,9 @@ static int run_case(gpu_env *env, const dcase *c, ref_rng *rng, int idx)
 			lerr = fabs(got_l[i] - ref_l[i]);
 	}
 	pass = ref_all_finite(got_o, nq) && err <= 1e-2 && lse_ok && lerr <= 1e-3 && !isnan(lerr);
-	ok(pass, "%s: %s Hq=%d Hkv=%d D=%d %s bm=%d bn=%d batch=%d tq=%d tkv=%d: rel err %.2e, lse err %.2e",
+	ok(pass, "%s: %s Hq=%d Hkv=%d D=%d %s %s bm=%d bn=%d batch=%d tq=%d tkv=%d: rel err %.2e, lse err %.2e",
 	   name, c->fp16 ? "fp16" : "bf16", c->hq, c->hkv, c->d, c->causal ? "causal" : "full",
-	   c->bm, c->bn, c->batch, cu_q[c->batch], cu_kv[c->batch], err, lerr);
+	   p && p->wgmma ? "wgmma" : "mma", c->bm, c->bn, c->batch, cu_q[c->batch], cu_kv[c->batch], err, lerr);
 out:
 	msa_dense_plan_free(p);
 	msa_module_free(m);
@@ -140,6 +146,14 @@ int main(void)
 		{16, 4, 128, 1, 0, 64, 64, 2, 190, 190},
 		{4, 1, 128, 0, 1, 64, 64, 1, 1, 3000},	/* decode-like: one query, long kv */
 		{2, 2, 64, 0, 1, 128, 64, 1, 1000, 3000},	/* one long request */
+		/* the plan's kernel: on sm_90a the wgmma one when a request has > 64 queries */
+		{8, 2, 128, 0, 1, 0, 0, 3, 400, 300},
+		{16, 4, 128, 1, 1, 0, 0, 4, 300, 0},
+		{4, 1, 64, 0, 1, 0, 0, 3, 500, 200},
+		{8, 8, 64, 1, 0, 0, 0, 3, 300, 300},
+		{16, 2, 128, 0, 0, 0, 0, 5, 200, 90},
+		{4, 2, 128, 0, 1, 0, 0, 1, 2100, 3000},	/* one long request, kv > q */
+		{8, 1, 128, 1, 0, 0, 0, 2, 129, 1},
 	};
 	gpu_env env;
 	ref_rng rng;
@@ -147,7 +161,10 @@ int main(void)
 		skip_all("no GPU: %s", env.err);
 	diag("compute capability %d, seed %llu (MSAGEN_SEED repeats it)", env.cc, (unsigned long long)env.seed);
 	rng = ref_rng_new(env.seed);
-	plan(7 + MSA_COUNT(cases));
+	int nw = 0;
+	for (int i = 0; i < MSA_COUNT(cases); i++)
+		nw += !cases[i].bm && env.cc == 90;
+	plan(7 + MSA_COUNT(cases) + nw);
 	check_errors(&env);
 	for (int i = 0; i < MSA_COUNT(cases); i++)
 		run_case(&env, &cases[i], &rng, i);

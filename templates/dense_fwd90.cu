@@ -1,0 +1,186 @@
+// dense_fwd90.cu - dense GQA attention forward for sm_90a (Hopper).
+//
+// One CTA takes 128 queries of one (request, query head) and three
+// warpgroups: warpgroup 0 is the producer (one thread drives TMA, the rest
+// give their registers away with setmaxnreg), warpgroups 1 and 2 each own
+// 64 query rows.  Q, then K and V tiles of 128 keys, arrive by TMA in a
+// two-stage ring of 128-byte-swizzled shared memory; full/empty mbarriers
+// with parity waits hand the stages between producer and consumers.
+// S = Q K^T is one wgmma chain from shared memory; after the online softmax
+// (exp2, scale folded in) P stays in registers as the A operand of the
+// wgmma chain O += P V.  The two consumer warpgroups interleave naturally:
+// one computes its softmax while the other's matrix products run.
+#include "attn.cuh"
+#include "hopper.cuh"
+
+#define BM 128
+#define BN 128
+#define D MSA_D
+#define NST 2
+#define NTHREADS 384
+#define QBYTES (BM * D * 2)
+#define KVBYTES (BN * D * 2)
+
+typedef dtype_traits<MSA_DT_OUT>::T out_t;
+
+static_assert(MSA_DT_Q == MSA_DT_KV && MSA_DT_Q != 2, "dense_fwd90: q and kv of one 16-bit type");
+static_assert(D == 64 || D == 128, "dense_fwd90: head dim 64 or 128");
+#ifdef MSA_SMEM_BYTES
+static_assert(1024 + QBYTES + 2 * NST * KVBYTES + 8 * (1 + 4 * NST) <= MSA_SMEM_BYTES,
+	      "dense_fwd90: generator's shared-memory size is too small");
+#endif
+
+// S (64 rows x 128 keys) += Q rows of this warpgroup x K tile^T.
+__device__ __forceinline__ void qk_wgmma(float (&s)[BN / 8][4], u32 qtile, u32 ktile)
+{
+#pragma unroll
+	for (int kk = 0; kk < D / 16; kk++) {
+		const u32 off = (kk % 4) * 32;
+		const u64 da = wg_desc(qtile + (kk / 4) * (BM * 128) + off, 16, 1024);
+		const u64 db = wg_desc(ktile + (kk / 4) * (BN * 128) + off, 16, 1024);
+		wgmma_n128_ss<0>(&s[0][0], da, db, kk > 0);
+	}
+}
+
+// O (64 rows x D) += P (registers) x V tile; V is MN-major for this product.
+__device__ __forceinline__ void pv_wgmma(float (&o)[D / 8][4], const u32 (&pa)[BN / 16][4], u32 vtile)
+{
+#pragma unroll
+	for (int kk = 0; kk < BN / 16; kk++) {
+		const u64 db = wg_desc(vtile + kk * 16 * 128, BN * 128, 1024);
+		if (D == 128)
+			wgmma_n128_rs<1>(&o[0][0], pa[kk], db);
+		else
+			wgmma_n64_rs<1>(&o[0][0], pa[kk], db);
+	}
+}
+
+extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
+msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_t tk,
+		const __grid_constant__ tmap_t tv, out_t *__restrict__ out, float *__restrict__ lse,
+		const int *__restrict__ cu_q, const int *__restrict__ cu_kv, float scale_log2,
+		float out_scale, int causal)
+{
+	extern __shared__ __align__(1024) unsigned char smem_raw[];
+	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u;
+	const u32 sk = sq + QBYTES, sv = sk + NST * KVBYTES, sb = sv + NST * KVBYTES;
+	// barriers: q, k full[NST], v full[NST], k empty[NST], v empty[NST]
+	const u32 bq = sb, bkf = sb + 8, bvf = bkf + 8 * NST, bke = bvf + 8 * NST, bve = bke + 8 * NST;
+
+	// Causal tiles with the most keys start first.
+	const int tile = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
+	const int hq = blockIdx.y, b = blockIdx.z, hk = hq / MSA_G;
+	const int q0 = cu_q[b], q_len = cu_q[b + 1] - q0;
+	const int k0 = cu_kv[b], kv_len = cu_kv[b + 1] - k0;
+	const int m0 = tile * BM;
+	if (m0 >= q_len)
+		return;
+	const int shift = kv_len - q_len;	// bottom-right causal offset
+	int kend = kv_len;
+	if (causal)
+		kend = min(kv_len, shift + min(m0 + BM, q_len));
+	const int ntiles = kend > 0 ? (kend + BN - 1) / BN : 0;
+	const int wg = threadIdx.x / 128;
+
+	if (threadIdx.x == 0) {
+		mbar_init(bq, 1);
+		for (int s = 0; s < NST; s++) {
+			mbar_init(bkf + 8 * s, 1);
+			mbar_init(bvf + 8 * s, 1);
+			mbar_init(bke + 8 * s, 256);
+			mbar_init(bve + 8 * s, 256);
+		}
+		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+	}
+	__syncthreads();
+
+	if (wg == 0) {	// producer
+		setmaxnreg_dec<24>();
+		if (threadIdx.x == 0 && ntiles > 0) {
+			tma_prefetch_map(&tq);
+			tma_prefetch_map(&tk);
+			tma_prefetch_map(&tv);
+			mbar_expect_tx(bq, QBYTES);
+#pragma unroll
+			for (int a = 0; a < D / 64; a++)
+				tma_load_3d(sq + a * BM * 128, &tq, bq, a * 64, hq, q0 + m0);
+			for (int it = 0; it < ntiles; it++) {
+				const int s = it % NST;
+				const u32 ph = (it / NST) & 1;
+				if (it >= NST)
+					mbar_wait(bke + 8 * s, ph ^ 1);
+				mbar_expect_tx(bkf + 8 * s, KVBYTES);
+#pragma unroll
+				for (int a = 0; a < D / 64; a++)
+					tma_load_3d(sk + s * KVBYTES + a * BN * 128, &tk, bkf + 8 * s, a * 64, hk,
+						    k0 + it * BN);
+				if (it >= NST)
+					mbar_wait(bve + 8 * s, ph ^ 1);
+				mbar_expect_tx(bvf + 8 * s, KVBYTES);
+#pragma unroll
+				for (int a = 0; a < D / 64; a++)
+					tma_load_3d(sv + s * KVBYTES + a * BN * 128, &tv, bvf + 8 * s, a * 64, hk,
+						    k0 + it * BN);
+			}
+		}
+		return;
+	}
+	setmaxnreg_inc<240>();
+
+	const int cw = wg - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
+	const int rbase = m0 + cw * 64;			// this warpgroup's first row
+	const int row_a = rbase + warp * 16 + lane / 4;	// this thread's two rows
+	const int lim_a = causal ? shift + row_a : kv_len - 1;
+	const u32 qtile = sq + cw * 64 * 128;
+	float o[D / 8][4];
+	zero_acc<D>(o);
+	row_state st;
+	row_state_init(st);
+	if (ntiles > 0)
+		mbar_wait(bq, 0);
+	for (int it = 0; it < ntiles; it++) {
+		const int s = it % NST, n0 = it * BN;
+		const u32 ph = (it / NST) & 1;
+		float sc[BN / 8][4];
+		mbar_wait(bkf + 8 * s, ph);
+		wgmma_fence();
+		qk_wgmma(sc, qtile, sk + s * KVBYTES);
+		wgmma_commit();
+		wgmma_wait<0>();
+		reg_fence<BN / 2>(&sc[0][0]);
+		mbar_arrive(bke + 8 * s);
+
+		if (n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + rbase))
+			scale_mask<BN>(sc, scale_log2, lane, [](int, int) { return true; });
+		else
+			scale_mask<BN>(sc, scale_log2, lane, [&](int half, int col) {
+				const int j = n0 + col;
+				return j < kv_len && j <= lim_a + (causal ? half * 8 : 0);
+			});
+		u32 pa[BN / 16][4];
+		online_softmax<D, BN, MSA_DT_Q>(sc, st, o, pa);
+
+		mbar_wait(bvf + 8 * s, ph);
+		reg_fence<D / 2>(&o[0][0]);
+		wgmma_fence();
+		pv_wgmma(o, pa, sv + s * KVBYTES);
+		wgmma_commit();
+		wgmma_wait<0>();
+		reg_fence<D / 2>(&o[0][0]);
+		mbar_arrive(bve + 8 * s);
+	}
+
+	// Normalise and store; a row with no visible key gives 0 and -inf.
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		float inv;
+		const float l = row_finish(st, r, inv);
+		const int row = row_a + r * 8;
+		if (row < q_len) {
+			size_t at = (size_t)(q0 + row) * MSA_HQ + hq;
+			store_row<D, MSA_DT_OUT>(o, r, inv * out_scale, out + at * D, lane);
+			if (lane % 4 == 0)
+				lse[at] = l;
+		}
+	}
+}

@@ -28,6 +28,10 @@ static const msa_family families[MSA_K_COUNT] = {
 	[MSA_K_SPARSE_KVO] = {"sparse_kvo", F_ATTN | MSA_F_TOPK, "sparse_kvo.cu", "msa_sparse_kvo", NULL, 0, {{0}}},
 	[MSA_K_DENSE_FWD90] = {"dense_fwd90", F_ATTN | MSA_F_CAUSAL, "dense_fwd90.cu", "msa_dense_fwd90", NULL, 0,
 			       {{0}}},
+	[MSA_K_SPARSE_KVO90] = {"sparse_kvo90", F_ATTN | MSA_F_TOPK, "sparse_kvo90.cu", "msa_sparse_kvo90", NULL,
+				0, {{0}}},
+	[MSA_K_INDEX_SCORES90] = {"index_scores90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 0, {{0}}},
+	[MSA_K_INDEX_TOPK90] = {"index_topk90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 0, {{0}}},
 };
 
 const msa_family *msa_family_get(msa_kind kind)
@@ -64,14 +68,31 @@ static int arch_number(const char *arch)
 static int family_supports(msa_kind kind, const msa_layer *l, const char *arch, char *why, size_t n)
 {
 	switch (kind) {
+	case MSA_K_INDEX_SCORES90:
+	case MSA_K_INDEX_TOPK90:
+		if (arch && strcmp(arch, "sm_90a") != 0) {
+			msa_fmt(why, n, "the wgmma kernels need sm_90a");
+			return 0;
+		}
+		if (l->block != 128 || l->index_dim * msa_dtype_size(l->dtype_index) % 128 ||
+		    l->index_dim * msa_dtype_size(l->dtype_index) > 256) {
+			msa_fmt(why, n, "the wgmma index kernel needs block 128 and index rows of 128 or 256 bytes");
+			return 0;
+		}
+		return 1;
 	case MSA_K_DENSE_FWD90:
+	case MSA_K_SPARSE_KVO90:
 		if (arch && strcmp(arch, "sm_90a") != 0) {
 			msa_fmt(why, n, "the wgmma kernels need sm_90a");
 			return 0;
 		}
 		if (l->dtype_q != l->dtype_kv || l->dtype_q == MSA_DT_FP8_E4M3 ||
 		    (l->head_dim != 64 && l->head_dim != 128)) {
-			msa_fmt(why, n, "the wgmma dense kernel needs 16-bit q and kv, head dim 64 or 128");
+			msa_fmt(why, n, "the wgmma kernels need 16-bit q and kv, head dim 64 or 128");
+			return 0;
+		}
+		if (kind == MSA_K_SPARSE_KVO90 && (l->block != 128 || l->group > 128 || (l->group & (l->group - 1)))) {
+			msa_fmt(why, n, "the wgmma KV-outer kernel needs block 128 and G a power of two <= 128");
 			return 0;
 		}
 		return 1;
@@ -419,6 +440,10 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		*threads = 384;
 		*smem = 1024 + 128 * l->head_dim * 2 * 5 + 8 * 9;
 		return;
+	case MSA_K_SPARSE_KVO90:	/* 1 KB alignment, Q, K, V tiles, QT entries and positions */
+		*threads = 256;
+		*smem = 1024 + 3 * 128 * l->head_dim * 2 + 8 * (128 / (l->group ? l->group : 1));
+		return;
 	case MSA_K_SPARSE_KVO:
 		*threads = 256;
 		*smem = (128 + 4 * 64) * l->head_dim * 2 + 2 * 4 * 128;
@@ -432,6 +457,13 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		*threads = 128;
 		*smem = msa_index_topk_smem(l);
 		return;
+	case MSA_K_INDEX_SCORES90:
+	case MSA_K_INDEX_TOPK90: {	/* 1 KB alignment, Q + 3 K tiles, lists, barriers */
+		int kp = l->topk - l->sink_blocks - l->local_blocks;
+		*threads = 384;
+		*smem = 1024 + 4 * 128 * l->index_dim * msa_dtype_size(l->dtype_index) + 8 * 128 * (kp > 0 ? kp : 1) + 8 * 7;
+		return;
+	}
 	case MSA_K_TOPK:
 	case MSA_K_COMBINE:
 		*threads = 128;
@@ -474,7 +506,7 @@ static void sb_prelude(sbuf *b, const msa_variant *v)
 		up[k] = '\0';
 		sb_printf(b, "#define MSA_TUNE_%s %d\n", up, v->tune[i]);
 	}
-	sb_printf(b, "#define MSA_WRITE_SCORES %d\n", v->kind == MSA_K_INDEX_SCORES);
+	sb_printf(b, "#define MSA_WRITE_SCORES %d\n", v->kind == MSA_K_INDEX_SCORES || v->kind == MSA_K_INDEX_SCORES90);
 	sb_printf(b, "#define MSA_THREADS %d\n#define MSA_SMEM_BYTES %d\n", threads, smem);
 }
 

@@ -169,26 +169,43 @@ void msa_dense_plan_free(msa_dense_plan *p)
 	free(p);
 }
 
-/* One 3-d tensor map over [rows, heads, dim] 16-bit elements, boxes of
- * 64 columns x 1 head x 128 rows, 128-byte swizzle (hopper.cuh). */
-static int tmap3(msa_ctx *ctx, const msa_cu *cu, CUtensorMap *m, const void *base, int dt,
-		 int dim, int heads, long rows, const char *what)
+int msa_tmap(msa_ctx *ctx, CUtensorMap *m, const void *base, int dtype, int rank,
+	     const long *dims, const long *row_bytes, const int *box, const char *what)
 {
-	cuuint64_t size[3] = {(cuuint64_t)dim, (cuuint64_t)heads, (cuuint64_t)(rows > 0 ? rows : 1)};
-	cuuint64_t stride[2] = {(cuuint64_t)dim * 2, (cuuint64_t)dim * 2 * (cuuint64_t)heads};
-	cuuint32_t box[3] = {64, 1, 128}, estride[3] = {1, 1, 1};
+	const msa_cu *cu;
+	cuuint64_t size[3], stride[2];
+	cuuint32_t bx[3], estride[3] = {1, 1, 1};
 	char what_fn[64];
+	int rc;
+	if ((rc = msa_cu_get(&cu, ctx->err, sizeof ctx->err)) != MSA_OK)
+		return rc;
 	if ((uintptr_t)base % 16)
-		return msa_ctx_fail(ctx, MSA_EINVAL, "%s = %p is not 16-byte aligned (the wgmma kernel "
-				    "loads it by TMA)", what, base);
+		return msa_ctx_fail(ctx, MSA_EINVAL, "%s = %p is not 16-byte aligned (the wgmma kernels "
+				    "load it by TMA)", what, base);
+	for (int i = 0; i < rank; i++) {
+		size[i] = (cuuint64_t)(dims[i] > 0 ? dims[i] : 1);
+		bx[i] = (cuuint32_t)box[i];
+		if (i < rank - 1)
+			stride[i] = (cuuint64_t)row_bytes[i];
+	}
 	msa_fmt(what_fn, sizeof what_fn, "cuTensorMapEncodeTiled(%s)", what);
-	return msa_cu_check(cu->TensorMapEncodeTiled(m, dt == MSA_DT_FP16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+	return msa_cu_check(cu->TensorMapEncodeTiled(m, dtype == MSA_DT_FP16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+						      : dtype == MSA_DT_FP8_E4M3 ? CU_TENSOR_MAP_DATA_TYPE_UINT8
 						      : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-						      3, (void *)base, size, stride, box, estride,
+						      (cuuint32_t)rank, (void *)base, size, stride, bx, estride,
 						      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
 						      CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
 						      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
 			    what_fn, ctx->err, sizeof ctx->err);
+}
+
+/* [rows, heads, dim] 16-bit: boxes of 64 columns x 1 head x 128 rows. */
+static int tmap3(msa_ctx *ctx, CUtensorMap *m, const void *base, int dt, int dim, int heads,
+		 long rows, const char *what)
+{
+	const long dims[3] = {dim, heads, rows}, rb[2] = {dim * 2L, dim * 2L * heads};
+	const int box[3] = {64, 1, 128};
+	return msa_tmap(ctx, m, base, dt, 3, dims, rb, box, what);
 }
 
 int msa_dense_launch(const msa_dense_args *a, void *stream)
@@ -208,9 +225,9 @@ int msa_dense_launch(const msa_dense_args *a, void *stream)
 	if (a->wgmma) {
 		CUtensorMap mq, mk, mv;
 		void *args[] = {&mq, &mk, &mv, &out, &lse, &cq, &ck, &scale_log2, &out_scale, &causal};
-		if ((rc = tmap3(ctx, mod->cu, &mq, q, l->dtype_q, l->head_dim, l->heads_q, a->total_q, "q")) ||
-		    (rc = tmap3(ctx, mod->cu, &mk, k, l->dtype_kv, l->head_dim, l->heads_kv, a->total_kv, "k")) ||
-		    (rc = tmap3(ctx, mod->cu, &mv, v, l->dtype_kv, l->head_dim, l->heads_kv, a->total_kv, "v")))
+		if ((rc = tmap3(ctx, &mq, q, l->dtype_q, l->head_dim, l->heads_q, a->total_q, "q")) ||
+		    (rc = tmap3(ctx, &mk, k, l->dtype_kv, l->head_dim, l->heads_kv, a->total_kv, "k")) ||
+		    (rc = tmap3(ctx, &mv, v, l->dtype_kv, l->head_dim, l->heads_kv, a->total_kv, "v")))
 			return rc;
 		return msa_launch(ctx, a->kern, (unsigned)((a->max_q + 127) / 128), (unsigned)l->heads_q,
 				  (unsigned)a->batch, args, stream);

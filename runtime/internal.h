@@ -121,6 +121,9 @@ typedef enum msa_kind {
 	MSA_K_GATHER,
 	MSA_K_SPARSE_KVO,
 	MSA_K_DENSE_FWD90,	/* sm_90a: wgmma + TMA */
+	MSA_K_SPARSE_KVO90,	/* sm_90a: wgmma */
+	MSA_K_INDEX_SCORES90,	/* sm_90a: wgmma + TMA */
+	MSA_K_INDEX_TOPK90,
 	MSA_K_COUNT
 } msa_kind;
 
@@ -362,6 +365,11 @@ typedef struct msa_dense_args {
 	int causal, batch, max_q, total_q, total_kv;
 } msa_dense_args;
 int msa_dense_launch(const msa_dense_args *a, void *stream);
+/* A TMA tensor map (128-byte swizzle, zero fill) of rank 2 or 3: dims
+ * innermost first, row_bytes the byte strides of dims 1.., box in
+ * elements; what names the tensor in errors. */
+int msa_tmap(msa_ctx *ctx, CUtensorMap *m, const void *base, int dtype, int rank,
+	     const long *dims, const long *row_bytes, const int *box, const char *what);
 int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsigned gz,
 	       void **args, void *stream);
 int msa_launch_fn(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned gy,
@@ -406,6 +414,8 @@ struct msa_plan {
 	msa_kernel *k_scores, *k_itopk, *k_topk, *k_sparse, *k_combine, *k_dense;
 	msa_kernel *k_gather, *k_kvo;
 	int dense_wgmma;	/* k_dense is dense_fwd90 */
+	int index90;		/* k_scores, k_itopk are the wgmma index kernels */
+	long ki_rows;		/* rows of ki: total_kv, or num_pages x block */
 	int mode;		/* MSA_SPARSE_QO or _KVO */
 	int ksplit;		/* index_scores CTAs per (query tile, head, request) */
 	int unfused;		/* msa_attention: scores + top-k (decode), not fused */

@@ -34,12 +34,25 @@ static int check_pages(msa_ctx *ctx, const msa_batch *b, int block)
 	return MSA_OK;
 }
 
+/* The KV-outer kernel: the wgmma one on sm_90a unless MSAGEN_KVO=mma. */
+static msa_kind kvo_kind(msa_module *m)
+{
+	const char *force = getenv("MSAGEN_KVO");
+	if (msa_layer_supports_on(&m->layer, MSA_K_SPARSE_KVO90, m->arch) && !(force && strcmp(force, "mma") == 0))
+		return MSA_K_SPARSE_KVO90;
+	return MSA_K_SPARSE_KVO;
+}
+
 static int plan_kernels(msa_plan *p)
 {
 	msa_module *m = p->mod;
 	int c = m->layer.causal, rc;
-	if ((rc = msa_module_kernel(m, MSA_K_INDEX_SCORES, c, &p->k_scores)) ||
-	    (rc = msa_module_kernel(m, MSA_K_INDEX_TOPK, c, &p->k_itopk)) ||
+	/* prefill on sm_90a: the wgmma index kernels (MSAGEN_INDEX=mma: the portable ones) */
+	const char *force = getenv("MSAGEN_INDEX");
+	p->index90 = msa_layer_supports_on(&m->layer, MSA_K_INDEX_TOPK90, m->arch) && p->max_q > 64 &&
+		     !(force && strcmp(force, "mma") == 0);
+	if ((rc = msa_module_kernel(m, p->index90 ? MSA_K_INDEX_SCORES90 : MSA_K_INDEX_SCORES, c, &p->k_scores)) ||
+	    (rc = msa_module_kernel(m, p->index90 ? MSA_K_INDEX_TOPK90 : MSA_K_INDEX_TOPK, c, &p->k_itopk)) ||
 	    (rc = msa_module_kernel(m, MSA_K_TOPK, c, &p->k_topk)) ||
 	    (rc = msa_module_kernel(m, MSA_K_COMBINE, c, &p->k_combine)))
 		return rc;
@@ -48,7 +61,7 @@ static int plan_kernels(msa_plan *p)
 	     (rc = msa_module_dense_kernel(m, c, p->max_q, p->paged, &p->k_dense, &p->dense_wgmma))))
 		return rc;
 	if (msa_layer_supports(&m->layer, MSA_K_SPARSE_KVO) &&
-	    ((rc = msa_module_kernel(m, MSA_K_SPARSE_KVO, c, &p->k_kvo)) ||
+	    ((rc = msa_module_kernel(m, kvo_kind(m), c, &p->k_kvo)) ||
 	     (rc = msa_module_kernel(m, MSA_K_GATHER, c, &p->k_gather))))
 		return rc;
 	return MSA_OK;
@@ -197,6 +210,7 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 	p->total_kv = b->cu_kv[b->batch];
 	p->paged = b->page_table != NULL;
 	p->pages_per_req = b->pages_per_req;
+	p->ki_rows = p->paged ? (long)b->num_pages * mod->layer.block : (long)p->total_kv;
 	for (int r = 0; r < b->batch; r++)
 		if (b->cu_kv[r + 1] - b->cu_kv[r] > max_kv)
 			max_kv = b->cu_kv[r + 1] - b->cu_kv[r];
@@ -215,13 +229,16 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 		return msa_ctx_fail(ctx, MSA_EUNSUPPORTED, "layer %s: the KV-outer form needs G a power "
 				    "of two <= 128 and q, kv of one type", mod->layer.name);
 	}
-	/* Measured on the H100 (bench/RESULTS.md): the query-outer form is as
-	 * fast at 8K-128K and twice as fast at 1M, where the KV-outer form's
-	 * fp32 partials dominate; KV-outer stays available on request. */
+	/* Measured on the H100 (bench/RESULTS.md): with mma.sync kernels the
+	 * query-outer form is as fast at 8K-128K and twice as fast at 1M, where
+	 * the KV-outer form's fp32 partials dominate; the wgmma KV-outer kernel
+	 * (sm_90a) is 1.5x faster than query-outer at 8K-32K, so prefill plans
+	 * there take it.  A tuned "form" record overrides either. */
 	if (p->mode == MSA_SPARSE_AUTO) {
 		msa_variant v;
 		msa_tune_rec r;
-		p->mode = MSA_SPARSE_QO;
+		p->mode = kvo_kind(mod) == MSA_K_SPARSE_KVO90 && msa_layer_supports(&mod->layer, MSA_K_SPARSE_KVO) &&
+				  p->max_q >= 2048 ? MSA_SPARSE_KVO : MSA_SPARSE_QO;
 		msa_variant_default(&v, MSA_K_SPARSE_FWD, &mod->layer, mod->arch, mod->layer.causal);
 		if (msa_layer_supports(&mod->layer, MSA_K_SPARSE_KVO) &&
 		    msa_tune_lookup(ctx, &v, "form", 1, p->max_q, mod->gpu, mod->sms, &r))
@@ -287,10 +304,23 @@ static int run_index(msa_plan *p, msa_kernel *k, const void *qi, const void *ki,
 {
 	const msa_layer *l = &p->mod->layer;
 	CUdeviceptr pt = p->pages;
-	int stride = p->pages_per_req, nbs = p->nb_max, ks = scores ? p->ksplit : 1;
-	void *args[] = {&qi, &ki, &p->cu_q, &p->cu_kv, &pt, &stride, &p->idx_scale, &ids, &scores, &nbs, &ks};
+	int stride = p->pages_per_req, nbs = p->nb_max, ks = scores ? p->ksplit : 1, rc;
 	if (p->max_q == 0)
 		return MSA_OK;
+	if (p->index90) {
+		CUtensorMap mq, mk;
+		const int es = (int)msa_dtype_size(l->dtype_index), box3[3] = {128 / es, 1, 128}, box2[2] = {128 / es, 128};
+		const long dq[3] = {l->index_dim, l->heads_kv, p->total_q}, rq[2] = {(long)l->index_dim * es,
+										     (long)l->index_dim * es * l->heads_kv};
+		const long dk[2] = {l->index_dim, p->ki_rows}, rk[1] = {(long)l->index_dim * es};
+		void *args[] = {&mq, &mk, &p->cu_q, &p->cu_kv, &pt, &stride, &p->idx_scale, &ids, &scores, &nbs, &ks};
+		if ((rc = msa_tmap(p->mod->ctx, &mq, qi, l->dtype_index, 3, dq, rq, box3, "qi")) ||
+		    (rc = msa_tmap(p->mod->ctx, &mk, ki, l->dtype_index, 2, dk, rk, box2, "ki")))
+			return rc;
+		return msa_launch(p->mod->ctx, k, (unsigned)((p->max_q + 127) / 128 * ks), (unsigned)l->heads_kv,
+				  (unsigned)p->batch, args, stream);
+	}
+	void *args[] = {&qi, &ki, &p->cu_q, &p->cu_kv, &pt, &stride, &p->idx_scale, &ids, &scores, &nbs, &ks};
 	return msa_launch(p->mod->ctx, k, (unsigned)((p->max_q + 63) / 64 * ks), (unsigned)l->heads_kv,
 			  (unsigned)p->batch, args, stream);
 }

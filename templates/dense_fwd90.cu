@@ -30,31 +30,6 @@ static_assert(1024 + QBYTES + 2 * NST * KVBYTES + 8 * (1 + 4 * NST) <= MSA_SMEM_
 	      "dense_fwd90: generator's shared-memory size is too small");
 #endif
 
-// S (64 rows x 128 keys) += Q rows of this warpgroup x K tile^T.
-__device__ __forceinline__ void qk_wgmma(float (&s)[BN / 8][4], u32 qtile, u32 ktile)
-{
-#pragma unroll
-	for (int kk = 0; kk < D / 16; kk++) {
-		const u32 off = (kk % 4) * 32;
-		const u64 da = wg_desc(qtile + (kk / 4) * (BM * 128) + off, 16, 1024);
-		const u64 db = wg_desc(ktile + (kk / 4) * (BN * 128) + off, 16, 1024);
-		wgmma_n128_ss<0>(&s[0][0], da, db, kk > 0);
-	}
-}
-
-// O (64 rows x D) += P (registers) x V tile; V is MN-major for this product.
-__device__ __forceinline__ void pv_wgmma(float (&o)[D / 8][4], const u32 (&pa)[BN / 16][4], u32 vtile)
-{
-#pragma unroll
-	for (int kk = 0; kk < BN / 16; kk++) {
-		const u64 db = wg_desc(vtile + kk * 16 * 128, BN * 128, 1024);
-		if (D == 128)
-			wgmma_n128_rs<1>(&o[0][0], pa[kk], db);
-		else
-			wgmma_n64_rs<1>(&o[0][0], pa[kk], db);
-	}
-}
-
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
 msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_t tk,
 		const __grid_constant__ tmap_t tv, out_t *__restrict__ out, float *__restrict__ lse,
@@ -144,7 +119,7 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 		float sc[BN / 8][4];
 		mbar_wait(bkf + 8 * s, ph);
 		wgmma_fence();
-		qk_wgmma(sc, qtile, sk + s * KVBYTES);
+		wg_qk<D, BM>(sc, qtile, sk + s * KVBYTES);
 		wgmma_commit();
 		wgmma_wait<0>();
 		reg_fence<BN / 2>(&sc[0][0]);
@@ -163,7 +138,7 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 		mbar_wait(bvf + 8 * s, ph);
 		reg_fence<D / 2>(&o[0][0]);
 		wgmma_fence();
-		pv_wgmma(o, pa, sv + s * KVBYTES);
+		wg_pv<D, BN>(o, pa, sv + s * KVBYTES, 1);
 		wgmma_commit();
 		wgmma_wait<0>();
 		reg_fence<D / 2>(&o[0][0]);

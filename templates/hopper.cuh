@@ -8,10 +8,14 @@
 #pragma once
 #include "common.cuh"
 
+// The 16-bit operand type of the wgmma wrappers; a template may set it
+// (from another dtype) before including this file.
+#ifndef WG_AB
 #if MSA_DT_Q == 1
 #define WG_AB "f16.f16"
 #else
 #define WG_AB "bf16.bf16"
+#endif
 #endif
 
 // A CUtensorMap as the driver encodes it: 128 opaque bytes.
@@ -92,8 +96,8 @@ __device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo, u32 sbo)
 
 // wgmma m64nNk16, fp32 accumulators d[N/2] in the mma.sync C layout per
 // warp (8-column chunks: d[4c..4c+1] row lane/4, d[4c+2..4c+3] row +8).
-// _ss: A and B from shared memory (acc 0 overwrites d); _rs: A from
-// registers in the mma.sync A layout.  TB 1: B is MN-major.
+// _ss: A and B from shared memory; _rs: A from registers in the mma.sync
+// A layout.  TB 1: B is MN-major.  acc 0 overwrites d.
 template <int TB>
 __device__ __forceinline__ void wgmma_n64_ss(float *d, u64 a, u64 b, int acc)
 {
@@ -106,14 +110,14 @@ __device__ __forceinline__ void wgmma_n64_ss(float *d, u64 a, u64 b, int acc)
 }
 
 template <int TB>
-__device__ __forceinline__ void wgmma_n64_rs(float *d, const u32 *a, u64 b)
+__device__ __forceinline__ void wgmma_n64_rs(float *d, const u32 *a, u64 b, int acc = 1)
 {
-	asm volatile("{\n.reg .pred p;\nsetp.eq.u32 p, 0, 0;\n"
+	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
 		     "wgmma.mma_async.sync.aligned.m64n64k16.f32." WG_AB " "
 		     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
 		     "{%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
 		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TB));
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TB), "r"(acc));
 }
 
 template <int TB>
@@ -128,12 +132,80 @@ __device__ __forceinline__ void wgmma_n128_ss(float *d, u64 a, u64 b, int acc)
 }
 
 template <int TB>
-__device__ __forceinline__ void wgmma_n128_rs(float *d, const u32 *a, u64 b)
+__device__ __forceinline__ void wgmma_n128_rs(float *d, const u32 *a, u64 b, int acc = 1)
 {
-	asm volatile("{\n.reg .pred p;\nsetp.eq.u32 p, 0, 0;\n"
+	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %70, 0;\n"
 		     "wgmma.mma_async.sync.aligned.m64n128k16.f32." WG_AB " "
 		     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
 		     "{%64, %65, %66, %67}, %68, p, 1, 1, %69;\n}\n"
 		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TB));
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(TB), "r"(acc));
+}
+
+// S (64 rows x 128 keys) = A x B^T over D: A is this warpgroup's 64 rows of
+// a tile with AROWS rows per atom (a = its first row), B a 128-row tile.
+template <int D, int AROWS>
+__device__ __forceinline__ void wg_qk(float (&s)[16][4], u32 a, u32 b)
+{
+#pragma unroll
+	for (int kk = 0; kk < D / 16; kk++) {
+		const u32 off = (kk % 4) * 32;
+		wgmma_n128_ss<0>(&s[0][0], wg_desc(a + (kk / 4) * (AROWS * 128) + off, 16, 1024),
+				 wg_desc(b + (kk / 4) * (128 * 128) + off, 16, 1024), kk > 0);
+	}
+}
+
+// O (64 rows x D) += P x V over BN keys: P in registers, V a [BN][D] tile
+// (MN-major for this product).  acc 0: O = P V.
+template <int D, int BN>
+__device__ __forceinline__ void wg_pv(float (&o)[D / 8][4], const u32 (&pa)[BN / 16][4], u32 v, int acc)
+{
+#pragma unroll
+	for (int kk = 0; kk < BN / 16; kk++) {
+		const u64 db = wg_desc(v + kk * 16 * 128, BN * 128, 1024);
+		if (D == 128)
+			wgmma_n128_rs<1>(&o[0][0], pa[kk], db, acc || kk > 0);
+		else
+			wgmma_n64_rs<1>(&o[0][0], pa[kk], db, acc || kk > 0);
+	}
+}
+
+// cp.async ROWS rows of COLS 16-bit values into the TMA layout above;
+// rowptr(r) gives a row's global address or nullptr for a zero row.  The
+// caller waits, then runs fence_async() and a barrier before any wgmma.
+template <int ROWS, int COLS, int NT, typename F>
+__device__ __forceinline__ void load_sw128(u32 base, const void *any, F rowptr)
+{
+	constexpr int CH = COLS / 8;
+	for (int i = threadIdx.x % NT; i < ROWS * CH; i += NT) {
+		const int r = i / CH, ch = i % CH;
+		const u8 *p = (const u8 *)rowptr(r);
+		const u32 dst = base + (ch / 8) * (ROWS * 128) + r * 128 + (((ch % 8) ^ (r % 8)) << 4);
+		cp_async16(dst, p ? (const void *)(p + ch * 16) : any, p ? 16 : 0);
+	}
+}
+
+// Make this thread's ordinary shared-memory writes visible to wgmma/TMA.
+__device__ __forceinline__ void fence_async()
+{
+	asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// wgmma m64n128k32 on fp8 e4m3 (both operands K-major in shared memory).
+__device__ __forceinline__ void wgmma_n128_e4m3(float *d, u64 a, u64 b, int acc)
+{
+	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+		     "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+		     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+		     "%64, %65, p, 1, 1;\n}\n"
+		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+		     : "l"(a), "l"(b), "r"(acc));
+}
+
+// One 2-d TMA box (x = column, y = row) into shared memory; completes on bar.
+__device__ __forceinline__ void tma_load_2d(u32 dst, const tmap_t *map, u32 bar, int c0, int c1)
+{
+	asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+		     " [%0], [%1, {%2, %3}], [%4];\n"
+		     :: "r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }

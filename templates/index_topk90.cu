@@ -1,0 +1,262 @@
+// index_topk90.cu - the index branch fused with top-k (or, with
+// MSA_WRITE_SCORES = 1, the block scores alone) for sm_90a.
+//
+// One CTA takes 128 consecutive queries of one (request, index head) and
+// three warpgroups: warpgroup 0 is the producer (one thread drives TMA: the
+// Q tile once, then the key blocks through a three-stage ring), warpgroups
+// 1 and 2 own 64 query rows each.  A key tile is one block of 128 keys, so
+// one wgmma chain S = Q K^T gives a row's whole block: the block score is
+// the max over its visible keys (quad shuffles), then lane % 4 == 0 writes
+// it or inserts it into the row's streaming top-KP list in shared memory,
+// exactly as index_topk.cu.  fp8 e4m3 index tensors run natively
+// (wgmma k32 on e4m3), so unlike index_topk.cu nothing is widened.
+//
+// Launch: grid (ceil(max_q_len / 128) * ksplit, Hi, batch), 384 threads;
+// tensor maps over qi [total_q, Hi, Di] (3-d) and ki [rows, Di] (2-d: the
+// request's keys, or pages x block rows), boxes of 128 bytes x 128 rows.
+#if MSA_DT_INDEX == 1
+#define WG_AB "f16.f16"
+#else
+#define WG_AB "bf16.bf16"
+#endif
+#include "attn.cuh"
+#include "topk.cuh"
+#include "hopper.cuh"
+
+#ifndef MSA_WRITE_SCORES
+#define MSA_WRITE_SCORES 0
+#endif
+
+#define BM 128
+#define BK MSA_BLOCK
+#define DI MSA_DI
+#define FP8 (MSA_DT_INDEX == 2)
+#define ES (FP8 ? 1 : 2)
+#define RB (DI * ES)		// bytes per row
+#define TBYTES (128 * RB)	// one tile: 128 rows
+#define NST 3
+#define NT 384
+
+static_assert(BK == 128, "index_topk90: block 128");
+static_assert(RB == 128 || RB == 256, "index_topk90: rows of 128 or 256 bytes (16-bit Di 64/128, fp8 Di 128)");
+#ifdef MSA_SMEM_BYTES
+static_assert(1024 + (1 + NST) * TBYTES + 8 * MSA_KP_ALLOC * BM + 8 * (1 + 2 * NST) <= MSA_SMEM_BYTES,
+	      "index_topk90: generator's shared-memory size is too small");
+#endif
+
+// S (64 rows x 128 keys) = this warpgroup's Q rows x K tile^T.
+__device__ __forceinline__ void idx_qk(float (&s)[16][4], u32 a, u32 b)
+{
+#pragma unroll
+	for (int kk = 0; kk < RB / 32; kk++) {
+		const u32 off = (kk * 32) % 128, atom = (kk * 32) / 128;
+		const u64 da = wg_desc(a + atom * (BM * 128) + off, 16, 1024);
+		const u64 db = wg_desc(b + atom * (128 * 128) + off, 16, 1024);
+		if (FP8)
+			wgmma_n128_e4m3(&s[0][0], da, db, kk > 0);
+		else
+			wgmma_n128_ss<0>(&s[0][0], da, db, kk > 0);
+	}
+}
+
+extern "C" __global__ void __launch_bounds__(NT, 1)
+msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_t tk,
+		 const int *__restrict__ cu_q, const int *__restrict__ cu_kv,
+		 const int *__restrict__ page_table, int pt_stride, float score_scale,
+		 int *__restrict__ ids, float *__restrict__ scores, int nb_stride, int ksplit)
+{
+	extern __shared__ __align__(1024) unsigned char smem_raw[];
+	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u, sk = sq + TBYTES;
+	unsigned char *lists = smem_raw + (sk + NST * TBYTES - smem_u32(smem_raw));
+	float *lsc = reinterpret_cast<float *>(lists);			// [KP][BM] scores
+	int *lid = reinterpret_cast<int *>(lists + 4 * MSA_KP_ALLOC * BM);	// [KP][BM] ids
+	const u32 bq = smem_u32(lists + 8 * MSA_KP_ALLOC * BM), bfull = bq + 8, bempty = bfull + 8 * NST;
+
+	const int ks = MSA_WRITE_SCORES ? blockIdx.x % ksplit : 0;
+	const int m0 = (MSA_WRITE_SCORES ? blockIdx.x / ksplit : blockIdx.x) * BM;
+	const int h = blockIdx.y, req = blockIdx.z;
+	const int q0 = cu_q[req], q_len = cu_q[req + 1] - q0;
+	if (m0 >= q_len)
+		return;
+	const int k0 = cu_kv[req], kv_len = cu_kv[req + 1] - k0;
+	const int total_q = cu_q[gridDim.z];
+	const int shift = kv_len - q_len;	// p(i) = shift + i
+	const int p_last = shift + min(m0 + BM, q_len) - 1;
+	const int nb = topk_visible_blocks(p_last);	// blocks 0..nb-1, one tile each
+	int it0 = 0, it1 = nb;
+	if (MSA_WRITE_SCORES && ksplit > 1) {
+		const int bps = (nb + ksplit - 1) / ksplit;
+		it0 = min(nb, ks * bps);
+		it1 = min(nb, (ks + 1) * bps);
+	}
+	const int wg = threadIdx.x / 128;
+
+	if (threadIdx.x == 0) {
+		mbar_init(bq, 1);
+		for (int s = 0; s < NST; s++) {
+			mbar_init(bfull + 8 * s, 1);
+			mbar_init(bempty + 8 * s, 256);
+		}
+		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+	}
+	__syncthreads();
+
+	if (wg == 0) {	// producer
+		setmaxnreg_dec<24>();
+		if (threadIdx.x == 0 && it0 < it1) {
+			tma_prefetch_map(&tq);
+			tma_prefetch_map(&tk);
+			mbar_expect_tx(bq, TBYTES);
+#pragma unroll
+			for (int a = 0; a < RB / 128; a++)
+				tma_load_3d(sq + a * BM * 128, &tq, bq, a * 128 / ES, h, q0 + m0);
+			const int *pt = page_table ? page_table + (size_t)req * pt_stride : nullptr;
+			for (int it = it0; it < it1; it++) {
+				const int j = it - it0, s = j % NST;
+				if (j >= NST)
+					mbar_wait(bempty + 8 * s, ((j / NST) & 1) ^ 1);
+				const int row = pt ? pt[it] * BK : k0 + it * BK;
+				mbar_expect_tx(bfull + 8 * s, TBYTES);
+#pragma unroll
+				for (int a = 0; a < RB / 128; a++)
+					tma_load_2d(sk + s * TBYTES + a * 128 * 128, &tk, bfull + 8 * s, a * 128 / ES, row);
+			}
+		}
+		return;
+	}
+	setmaxnreg_inc<240>();
+
+	const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+	const int rr0 = cw * 64 + warp * 16 + lane / 4;	// CTA rows rr0, rr0 + 8
+	int prow[2];
+	bool valid[2];
+#pragma unroll
+	for (int hf = 0; hf < 2; hf++) {
+		const int i = m0 + rr0 + hf * 8;
+		valid[hf] = i < q_len;
+		prow[hf] = shift + i;
+	}
+	// The warpgroup's last valid row: blocks past it are skipped (uniform).
+	const int gfirst = m0 + cw * 64;
+	const int glast_p = gfirst < q_len ? shift + min(gfirst + 63, q_len - 1) : -1;
+	const int wfirst = m0 + cw * 64 + warp * 16;
+
+#if !MSA_WRITE_SCORES
+	int nrow[2];
+#pragma unroll
+	for (int hf = 0; hf < 2; hf++)
+		nrow[hf] = valid[hf] ? topk_visible_blocks(prow[hf]) : 0;
+	float thr_s[2] = {-MSA_INF, -MSA_INF};
+	int thr_id[2] = {0x7fffffff, 0x7fffffff};
+	if (MSA_KP > 0 && lane % 4 == 0) {
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++)
+			for (int j = 0; j < MSA_KP; j++) {
+				lsc[j * BM + rr0 + hf * 8] = -MSA_INF;
+				lid[j * BM + rr0 + hf * 8] = 0x7fffffff;
+			}
+	}
+#endif
+	const float sc = score_scale;	// native fp8 products: no widening to undo
+	const u32 qtile = sq + cw * 64 * 128;
+	if (it0 < it1)
+		mbar_wait(bq, 0);
+
+	for (int it = it0; it < it1; it++) {
+		const int j = it - it0, s = j % NST, n0 = it * BK;
+		float bm[2] = {-MSA_INF, -MSA_INF};
+		mbar_wait(bfull + 8 * s, (j / NST) & 1);
+		if (n0 <= glast_p) {
+			float S[16][4];
+			wgmma_fence();
+			idx_qk(S, qtile, sk + s * TBYTES);
+			wgmma_commit();
+			wgmma_wait<0>();
+			reg_fence<64>(&S[0][0]);
+			mbar_arrive(bempty + 8 * s);
+#pragma unroll
+			for (int hf = 0; hf < 2; hf++) {
+				float m = -MSA_INF;
+				if (n0 + BK - 1 <= prow[hf]) {
+#pragma unroll
+					for (int c = 0; c < 16; c++)
+						m = fmaxf(m, fmaxf(S[c][2 * hf], S[c][2 * hf + 1]));
+				} else {
+#pragma unroll
+					for (int c = 0; c < 16; c++)
+#pragma unroll
+						for (int e = 0; e < 2; e++)
+							if (n0 + c * 8 + 2 * (lane % 4) + e <= prow[hf])
+								m = fmaxf(m, S[c][2 * hf + e]);
+				}
+				bm[hf] = m;
+			}
+		} else {
+			mbar_arrive(bempty + 8 * s);
+		}
+		float bs[2];
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++) {
+			float m = bm[hf];
+			m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+			m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
+			bs[hf] = m * sc;	// sc > 0: -inf stays -inf
+		}
+		if (lane % 4 == 0) {
+			const int b = it;
+#pragma unroll
+			for (int hf = 0; hf < 2; hf++) {
+				const int row = rr0 + hf * 8;
+#if MSA_WRITE_SCORES
+				if (valid[hf] && b < nb_stride)
+					scores[((size_t)h * total_q + q0 + m0 + row) * nb_stride + b] = bs[hf];
+#else
+				if (MSA_KP > 0 && valid[hf] && b >= MSA_SINK && b < nrow[hf] - MSA_LOCAL) {
+					const float v = topk_rank(bs[hf]);
+					if (topk_beats(v, b, thr_s[hf], thr_id[hf])) {
+						float *ls = lsc + row;
+						int *li = lid + row;
+						int q = MSA_KP - 1;	// (v, b) displaces the last entry
+						while (q > 0) {
+							const float es = ls[(q - 1) * BM];
+							const int eb = li[(q - 1) * BM];
+							if (!topk_beats(v, b, es, eb))
+								break;
+							ls[q * BM] = es;
+							li[q * BM] = eb;
+							q--;
+						}
+						ls[q * BM] = v;
+						li[q * BM] = b;
+						thr_s[hf] = ls[(MSA_KP - 1) * BM];
+						thr_id[hf] = li[(MSA_KP - 1) * BM];
+					}
+				}
+#endif
+			}
+		}
+	}
+
+#if MSA_WRITE_SCORES
+	// Blocks nb .. nb_stride-1: no row of this CTA sees them.
+	for (int x = 0; x < 16 && ks == 0; x++) {
+		const int i = wfirst + x;
+		if (i >= q_len)
+			break;
+		float *srow = scores + ((size_t)h * total_q + q0 + i) * nb_stride;
+		for (int b = nb + lane; b < nb_stride; b += 32)
+			srow[b] = -MSA_INF;
+	}
+#else
+	__syncwarp();	// the lists written by lane%4 == 0 are visible to the quad
+#pragma unroll
+	for (int hf = 0; hf < 2; hf++) {
+		if (!valid[hf])
+			continue;
+		const int row = rr0 + hf * 8;
+		int *dst = ids + ((size_t)h * total_q + q0 + m0 + row) * MSA_TOPK;
+		write_row_ids(dst, nrow[hf], [&](int j) { return lid[j * BM + row]; }, lane % 4, 4);
+	}
+	(void)wfirst;
+#endif
+}

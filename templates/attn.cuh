@@ -100,12 +100,14 @@ __device__ __forceinline__ void scale_mask(float (&s)[BN / 8][4], float scale_lo
 		}
 }
 
-// Fold a masked tile into (st, o); leaves P (bf16/fp16) in pa for PV.
-template <int D, int BN, int DT>
-__device__ __forceinline__ void online_softmax(float (&s)[BN / 8][4], row_state &st,
-					       float (&o)[D / 8][4], u32 (&pa)[BN / 16][4])
+// One softmax step on a masked tile: updates the row state, leaves P
+// (bf16/fp16) in pa and the factor alpha[r] that o's rows must be scaled by
+// before P V is added (callers that keep o busy apply it later).
+template <int BN, int DT>
+__device__ __forceinline__ void softmax_step(float (&s)[BN / 8][4], row_state &st, u32 (&pa)[BN / 16][4],
+					     float (&alpha)[2])
 {
-	float mx[2] = {st.m[0], st.m[1]}, alpha[2];
+	float mx[2] = {st.m[0], st.m[1]};
 #pragma unroll
 	for (int j = 0; j < BN / 8; j++) {
 		mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
@@ -123,13 +125,6 @@ __device__ __forceinline__ void online_softmax(float (&s)[BN / 8][4], row_state 
 		st.l[r] *= alpha[r];
 	}
 #pragma unroll
-	for (int j = 0; j < D / 8; j++) {
-		o[j][0] *= alpha[0];
-		o[j][1] *= alpha[0];
-		o[j][2] *= alpha[1];
-		o[j][3] *= alpha[1];
-	}
-#pragma unroll
 	for (int j = 0; j < BN / 8; j++) {
 		float p0 = fast_exp2(s[j][0] - mx[0]), p1 = fast_exp2(s[j][1] - mx[0]);
 		float p2 = fast_exp2(s[j][2] - mx[1]), p3 = fast_exp2(s[j][3] - mx[1]);
@@ -138,6 +133,28 @@ __device__ __forceinline__ void online_softmax(float (&s)[BN / 8][4], row_state 
 		pa[j / 2][(j & 1) * 2 + 0] = pack2<DT>(p0, p1);
 		pa[j / 2][(j & 1) * 2 + 1] = pack2<DT>(p2, p3);
 	}
+}
+
+template <int D>
+__device__ __forceinline__ void rescale_rows(float (&o)[D / 8][4], const float (&alpha)[2])
+{
+#pragma unroll
+	for (int j = 0; j < D / 8; j++) {
+		o[j][0] *= alpha[0];
+		o[j][1] *= alpha[0];
+		o[j][2] *= alpha[1];
+		o[j][3] *= alpha[1];
+	}
+}
+
+// Fold a masked tile into (st, o); leaves P (bf16/fp16) in pa for PV.
+template <int D, int BN, int DT>
+__device__ __forceinline__ void online_softmax(float (&s)[BN / 8][4], row_state &st,
+					       float (&o)[D / 8][4], u32 (&pa)[BN / 16][4])
+{
+	float alpha[2];
+	softmax_step<BN, DT>(s, st, pa, alpha);
+	rescale_rows<D>(o, alpha);
 }
 
 // o += P V for one tile (V tile is [BN][D]).

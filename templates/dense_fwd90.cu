@@ -8,8 +8,9 @@
 // with parity waits hand the stages between producer and consumers.
 // S = Q K^T is one wgmma chain from shared memory; after the online softmax
 // (exp2, scale folded in) P stays in registers as the A operand of the
-// wgmma chain O += P V.  The two consumer warpgroups interleave naturally:
-// one computes its softmax while the other's matrix products run.
+// wgmma chain O += P V.  Within a warpgroup S of the next tile is issued
+// with P V of the current one, so the softmax overlaps the products; the
+// two consumer warpgroups interleave on top of that.
 #include "attn.cuh"
 #include "hopper.cuh"
 
@@ -113,18 +114,11 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 	row_state_init(st);
 	if (ntiles > 0)
 		mbar_wait(bq, 0);
-	for (int it = 0; it < ntiles; it++) {
-		const int s = it % NST, n0 = it * BN;
-		const u32 ph = (it / NST) & 1;
-		float sc[BN / 8][4];
-		mbar_wait(bkf + 8 * s, ph);
-		wgmma_fence();
-		wg_qk<D, BM>(sc, qtile, sk + s * KVBYTES);
-		wgmma_commit();
-		wgmma_wait<0>();
-		reg_fence<BN / 2>(&sc[0][0]);
-		mbar_arrive(bke + 8 * s);
 
+	// Scale and mask S of tile it (keys n0 ..): only tiles not wholly visible
+	// to the warpgroup's rows pay for the per-score test.
+	auto mask = [&](float (&sc)[BN / 8][4], int it) {
+		const int n0 = it * BN;
 		if (n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + rbase))
 			scale_mask<BN>(sc, scale_log2, lane, [](int, int) { return true; });
 		else
@@ -132,17 +126,64 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 				const int j = n0 + col;
 				return j < kv_len && j <= lim_a + (causal ? half * 8 : 0);
 			});
-		u32 pa[BN / 16][4];
-		online_softmax<D, BN, MSA_DT_Q>(sc, st, o, pa);
-
-		mbar_wait(bvf + 8 * s, ph);
-		reg_fence<D / 2>(&o[0][0]);
+	};
+	auto issue_qk = [&](float (&sc)[BN / 8][4], int it) {
+		const int s = it % NST;
+		mbar_wait(bkf + 8 * s, (it / NST) & 1);
+		wgmma_fence();
+		wg_qk<D, BM>(sc, qtile, sk + s * KVBYTES);
+		wgmma_commit();
+	};
+	auto issue_pv = [&](const u32 (&pa)[BN / 16][4], int it) {
+		const int s = it % NST;
+		mbar_wait(bvf + 8 * s, (it / NST) & 1);
 		wgmma_fence();
 		wg_pv<D, BN>(o, pa, sv + s * KVBYTES, 1);
 		wgmma_commit();
+	};
+
+	// Software pipeline: S of tile it runs on the tensor cores together with
+	// P V of tile it-1; the softmax of tile it waits only for S, and the
+	// rescale of O (by tile it's new max) only for P V.
+	u32 pa[BN / 16][4];
+	float sc[BN / 8][4], alpha[2];
+	if (ntiles > 0) {
+		issue_qk(sc, 0);
+		wgmma_wait<0>();
+		reg_fence<BN / 2>(&sc[0][0]);
+		mbar_arrive(bke);
+		mask(sc, 0);
+		softmax_step<BN, MSA_DT_Q>(sc, st, pa, alpha);
+	}
+	// One step: S of tile it with P V of tile it-1 (P in pin); tile it's P
+	// goes to pout.  Two P buffers alternate, so no register is copied.
+	auto step = [&](int it, const u32 (&pin)[BN / 16][4], u32 (&pout)[BN / 16][4]) {
+		issue_qk(sc, it);
+		issue_pv(pin, it - 1);
+		wgmma_wait<1>();
+		reg_fence<BN / 2>(&sc[0][0]);
+		mbar_arrive(bke + 8 * (it % NST));
+		mask(sc, it);
+		softmax_step<BN, MSA_DT_Q>(sc, st, pout, alpha);
 		wgmma_wait<0>();
 		reg_fence<D / 2>(&o[0][0]);
-		mbar_arrive(bve + 8 * s);
+		mbar_arrive(bve + 8 * ((it - 1) % NST));
+		rescale_rows<D>(o, alpha);
+	};
+	u32 pb[BN / 16][4];
+	for (int it = 1; it < ntiles; it += 2) {
+		step(it, pa, pb);
+		if (it + 1 < ntiles)
+			step(it + 1, pb, pa);
+	}
+	if (ntiles > 0) {
+		if ((ntiles - 1) % 2)
+			issue_pv(pb, ntiles - 1);
+		else
+			issue_pv(pa, ntiles - 1);
+		wgmma_wait<0>();
+		reg_fence<D / 2>(&o[0][0]);
+		mbar_arrive(bve + 8 * ((ntiles - 1) % NST));
 	}
 
 	// Normalise and store; a row with no visible key gives 0 and -inf.

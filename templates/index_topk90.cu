@@ -162,82 +162,115 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	if (it0 < it1)
 		mbar_wait(bq, 0);
 
-	for (int it = it0; it < it1; it++) {
-		const int j = it - it0, s = j % NST, n0 = it * BK;
-		float bm[2] = {-MSA_INF, -MSA_INF};
-		mbar_wait(bfull + 8 * s, (j / NST) & 1);
-		if (n0 <= glast_p) {
-			float S[16][4];
-			wgmma_fence();
-			idx_qk(S, qtile, sk + s * TBYTES);
-			wgmma_commit();
-			wgmma_wait<0>();
-			reg_fence<64>(&S[0][0]);
-			mbar_arrive(bempty + 8 * s);
-#pragma unroll
-			for (int hf = 0; hf < 2; hf++) {
-				float m = -MSA_INF;
-				if (n0 + BK - 1 <= prow[hf]) {
-#pragma unroll
-					for (int c = 0; c < 16; c++)
-						m = fmaxf(m, fmaxf(S[c][2 * hf], S[c][2 * hf + 1]));
-				} else {
-#pragma unroll
-					for (int c = 0; c < 16; c++)
-#pragma unroll
-						for (int e = 0; e < 2; e++)
-							if (n0 + c * 8 + 2 * (lane % 4) + e <= prow[hf])
-								m = fmaxf(m, S[c][2 * hf + e]);
-				}
-				bm[hf] = m;
-			}
-		} else {
-			mbar_arrive(bempty + 8 * s);
-		}
+	// Start S = Q K^T of block it (after its keys land) without waiting.
+	auto issue = [&](int it, float (&S)[16][4]) {
+		const int j = it - it0;
+		mbar_wait(bfull + 8 * (j % NST), (j / NST) & 1);
+		wgmma_fence();
+		idx_qk(S, qtile, sk + (j % NST) * TBYTES);
+		wgmma_commit();
+	};
+	// Block it's score for this thread's rows (S done, or have == 0: no row
+	// of the warpgroup sees it), then the score write or top-k insertion.
+	auto finish = [&](int it, const float (&S)[16][4], bool have) {
+		const int n0 = it * BK;
 		float bs[2];
 #pragma unroll
 		for (int hf = 0; hf < 2; hf++) {
-			float m = bm[hf];
+			float m = -MSA_INF;
+			if (have && n0 + BK - 1 <= prow[hf]) {
+#pragma unroll
+				for (int c = 0; c < 16; c++)
+					m = fmaxf(m, fmaxf(S[c][2 * hf], S[c][2 * hf + 1]));
+			} else if (have) {
+#pragma unroll
+				for (int c = 0; c < 16; c++)
+#pragma unroll
+					for (int e = 0; e < 2; e++)
+						if (n0 + c * 8 + 2 * (lane % 4) + e <= prow[hf])
+							m = fmaxf(m, S[c][2 * hf + e]);
+			}
 			m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
 			m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
 			bs[hf] = m * sc;	// sc > 0: -inf stays -inf
 		}
-		if (lane % 4 == 0) {
-			const int b = it;
+		if (lane % 4 != 0)
+			return;
+		const int b = it;
 #pragma unroll
-			for (int hf = 0; hf < 2; hf++) {
-				const int row = rr0 + hf * 8;
+		for (int hf = 0; hf < 2; hf++) {
+			const int row = rr0 + hf * 8;
 #if MSA_WRITE_SCORES
-				if (valid[hf] && b < nb_stride)
-					scores[((size_t)h * total_q + q0 + m0 + row) * nb_stride + b] = bs[hf];
+			if (valid[hf] && b < nb_stride)
+				scores[((size_t)h * total_q + q0 + m0 + row) * nb_stride + b] = bs[hf];
 #else
-				if (MSA_KP > 0 && valid[hf] && b >= MSA_SINK && b < nrow[hf] - MSA_LOCAL) {
-					const float v = topk_rank(bs[hf]);
-					if (topk_beats(v, b, thr_s[hf], thr_id[hf])) {
-						float *ls = lsc + row;
-						int *li = lid + row;
-						int q = MSA_KP - 1;	// (v, b) displaces the last entry
-						while (q > 0) {
-							const float es = ls[(q - 1) * BM];
-							const int eb = li[(q - 1) * BM];
-							if (!topk_beats(v, b, es, eb))
-								break;
-							ls[q * BM] = es;
-							li[q * BM] = eb;
-							q--;
-						}
-						ls[q * BM] = v;
-						li[q * BM] = b;
-						thr_s[hf] = ls[(MSA_KP - 1) * BM];
-						thr_id[hf] = li[(MSA_KP - 1) * BM];
+			if (MSA_KP > 0 && valid[hf] && b >= MSA_SINK && b < nrow[hf] - MSA_LOCAL) {
+				const float v = topk_rank(bs[hf]);
+				if (topk_beats(v, b, thr_s[hf], thr_id[hf])) {
+					float *ls = lsc + row;
+					int *li = lid + row;
+					int q = MSA_KP - 1;	// (v, b) displaces the last entry
+					while (q > 0) {
+						const float es = ls[(q - 1) * BM];
+						const int eb = li[(q - 1) * BM];
+						if (!topk_beats(v, b, es, eb))
+							break;
+						ls[q * BM] = es;
+						li[q * BM] = eb;
+						q--;
 					}
+					ls[q * BM] = v;
+					li[q * BM] = b;
+					thr_s[hf] = ls[(MSA_KP - 1) * BM];
+					thr_id[hf] = li[(MSA_KP - 1) * BM];
 				}
-#endif
 			}
+#endif
 		}
+	};
+	auto release = [&](int it) { mbar_arrive(bempty + 8 * ((it - it0) % NST)); };
+
+	// Blocks it0 .. iend-1 are seen by some row of the warpgroup; two S
+	// buffers let block it+1's products run during block it's top-k.
+	const int iend = glast_p < 0 ? it0 : max(it0, min(it1, glast_p / BK + 1));
+	float Sa[16][4], Sb[16][4];
+	if (it0 < iend)
+		issue(it0, Sa);
+	for (int it = it0; it < iend; it += 2) {
+		const bool nb1 = it + 1 < iend;
+		if (nb1)
+			issue(it + 1, Sb);
+		if (nb1)
+			wgmma_wait<1>();
+		else
+			wgmma_wait<0>();
+		reg_fence<64>(&Sa[0][0]);
+		release(it);
+		finish(it, Sa, true);
+		if (!nb1)
+			break;
+		const bool nb2 = it + 2 < iend;
+		if (nb2)
+			issue(it + 2, Sa);
+		if (nb2)
+			wgmma_wait<1>();
+		else
+			wgmma_wait<0>();
+		reg_fence<64>(&Sb[0][0]);
+		release(it + 1);
+		finish(it + 1, Sb, true);
+	}
+	// The rest: no row of the warpgroup sees them; keep the ring in step.
+	for (int it = iend; it < it1; it++) {
+		const int j = it - it0;
+		mbar_wait(bfull + 8 * (j % NST), (j / NST) & 1);
+		release(it);
+		finish(it, Sa, false);
 	}
 
 #if MSA_WRITE_SCORES
+	(void)lsc;
+	(void)lid;
 	// Blocks nb .. nb_stride-1: no row of this CTA sees them.
 	for (int x = 0; x < 16 && ks == 0; x++) {
 		const int i = wfirst + x;

@@ -104,34 +104,16 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	wgmma_wait<0>();
 	reg_fence<64>(&sc[0][0]);
 
-	// One block: plain softmax in the log2 domain.
+	// One block: one softmax step from an empty state.
 	scale_mask<128>(sc, scale_log2, lane, [&](int half, int col) {
 		const int j = b * BK + col;
 		return j <= lim[half] && j < kend;
 	});
 	row_state st;
+	row_state_init(st);
 	u32 pa[8][4];
-#pragma unroll
-	for (int h = 0; h < 2; h++) {
-		float mx = -MSA_INF;
-#pragma unroll
-		for (int j = 0; j < 16; j++)
-			mx = fmaxf(mx, fmaxf(sc[j][2 * h], sc[j][2 * h + 1]));
-		mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 1));
-		mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, 2));
-		st.m[h] = mx;
-		st.l[h] = 0.f;
-	}
-	const float base0 = st.m[0] == -MSA_INF ? 0.f : st.m[0], base1 = st.m[1] == -MSA_INF ? 0.f : st.m[1];
-#pragma unroll
-	for (int j = 0; j < 16; j++) {
-		float p0 = fast_exp2(sc[j][0] - base0), p1 = fast_exp2(sc[j][1] - base0);
-		float p2 = fast_exp2(sc[j][2] - base1), p3 = fast_exp2(sc[j][3] - base1);
-		st.l[0] += p0 + p1;
-		st.l[1] += p2 + p3;
-		pa[j / 2][(j & 1) * 2 + 0] = pack2<MSA_DT_Q>(p0, p1);
-		pa[j / 2][(j & 1) * 2 + 1] = pack2<MSA_DT_Q>(p2, p3);
-	}
+	float alpha[2];	// 0: nothing to rescale
+	softmax_step<128, MSA_DT_Q>(sc, st, pa, alpha);
 
 	cp_async_wait<0>();
 	fence_async();

@@ -458,10 +458,11 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		*smem = msa_index_topk_smem(l);
 		return;
 	case MSA_K_INDEX_SCORES90:
-	case MSA_K_INDEX_TOPK90: {	/* 1 KB alignment, Q + 3 K tiles, lists, barriers */
-		int kp = l->topk - l->sink_blocks - l->local_blocks;
+	case MSA_K_INDEX_TOPK90: {	/* 1 KB alignment, Q + NST K tiles, lists, barriers */
+		int kp = l->topk - l->sink_blocks - l->local_blocks, rb = l->index_dim * (int)msa_dtype_size(l->dtype_index);
+		int nst = rb == 256 ? 5 : 8;
 		*threads = 384;
-		*smem = 1024 + 4 * 128 * l->index_dim * msa_dtype_size(l->dtype_index) + 8 * 128 * (kp > 0 ? kp : 1) + 8 * 7;
+		*smem = 1024 + (1 + nst) * 128 * rb + 8 * 128 * (kp > 0 ? kp : 1) + 8 * (1 + 2 * nst);
 		return;
 	}
 	case MSA_K_TOPK:

@@ -415,6 +415,7 @@ struct msa_plan {
 	msa_kernel *k_gather, *k_kvo;
 	int dense_wgmma;	/* k_dense is dense_fwd90 */
 	int index90;		/* k_scores, k_itopk are the wgmma index kernels */
+	int kvo_bf16;		/* k_kvo is sparse_kvo90: bf16 partial o (combine mode 2) */
 	long ki_rows;		/* rows of ki: total_kv, or num_pages x block */
 	int mode;		/* MSA_SPARSE_QO or _KVO */
 	int ksplit;		/* index_scores CTAs per (query tile, head, request) */

@@ -47,6 +47,7 @@ static int plan_kernels(msa_plan *p)
 {
 	msa_module *m = p->mod;
 	int c = m->layer.causal, rc;
+	p->kvo_bf16 = kvo_kind(m) == MSA_K_SPARSE_KVO90;
 	/* prefill on sm_90a: the wgmma index kernels (MSAGEN_INDEX=mma: the portable ones) */
 	const char *force = getenv("MSAGEN_INDEX");
 	p->index90 = msa_layer_supports_on(&m->layer, MSA_K_INDEX_TOPK90, m->arch) && p->max_q > 64 &&
@@ -357,7 +358,8 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	msa_ctx *ctx = p->mod->ctx;
 	CUstream s = (CUstream)stream;
 	CUdeviceptr pt = p->pages, part_lse = p->kvo_part + (size_t)p->chunk * l->heads_q * l->topk * l->head_dim * 4;
-	int nkeys = l->heads_kv * p->nbt, stride = p->pages_per_req, zero = 0, one = 1, mode = 1, rc;
+	int nkeys = l->heads_kv * p->nbt, stride = p->pages_per_req, zero = 0, one = 1, rc;
+	int mode = p->kvo_bf16 ? 2 : 1;	/* combine: bf16 or fp32 partial o */
 	int rows = (t1 - t0) * l->heads_q, ksel = l->topk;
 	long nsel = (long)(t1 - t0) * l->heads_kv * l->topk;
 	unsigned gblocks = (unsigned)((nsel + 255) / 256);

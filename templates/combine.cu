@@ -5,6 +5,7 @@
 //   mode 0 (msa_sparse_fwd splits): partial s of row at s * rows + row
 //   mode 1 (msa_sparse_kvo): [token, Hkv, k, G]: row (t, g*G + h) has its
 //          k partials at ((t * Hkv + g) * k + s) * G + h
+//   mode 2 (msa_sparse_kvo90): mode 1 with o in bf16
 #include "common.cuh"
 
 #define D MSA_D
@@ -18,7 +19,7 @@ msa_combine(const float *__restrict__ part_o, const float *__restrict__ part_lse
 	if (row >= rows)
 		return;
 	size_t base = row, step = rows;
-	if (mode == 1) {
+	if (mode >= 1) {
 		int t = row / MSA_HQ, hq = row % MSA_HQ;
 		base = ((size_t)t * MSA_HKV + hq / MSA_G) * nsplit * MSA_G + hq % MSA_G;
 		step = MSA_G;
@@ -37,10 +38,17 @@ msa_combine(const float *__restrict__ part_o, const float *__restrict__ part_lse
 				continue;
 			float w = __expf(ls - m);
 			wsum += w;
-			const float *po = part_o + (base + s * step) * D;
+			const size_t at = (base + s * step) * D;
+			if (mode == 2) {
+				const u16 *po = reinterpret_cast<const u16 *>(part_o) + at;
 #pragma unroll
-			for (int e = 0; e < D / 32; e++)
-				acc[e] += w * po[lane + 32 * e];
+				for (int e = 0; e < D / 32; e++)
+					acc[e] += w * bf16_to_f(po[lane + 32 * e]);
+			} else {
+#pragma unroll
+				for (int e = 0; e < D / 32; e++)
+					acc[e] += w * part_o[at + lane + 32 * e];
+			}
 		}
 	}
 	const float inv = wsum > 0.f ? 1.f / wsum : 0.f;

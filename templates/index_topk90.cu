@@ -3,11 +3,12 @@
 //
 // One CTA takes 128 consecutive queries of one (request, index head) and
 // three warpgroups: warpgroup 0 is the producer (one thread drives TMA: the
-// Q tile once, then the key blocks through a three-stage ring), warpgroups
+// Q tile once, then the key blocks through a ring of NST stages), warpgroups
 // 1 and 2 own 64 query rows each.  A key tile is one block of 128 keys, so
 // one wgmma chain S = Q K^T gives a row's whole block: the block score is
 // the max over its visible keys (quad shuffles), then lane % 4 == 0 writes
-// it or inserts it into the row's streaming top-KP list in shared memory,
+// it or inserts it into the row's streaming top-KP list in shared memory
+// (lane 0 of the quad for the first row, lane 1 for the second),
 // exactly as index_topk.cu.  fp8 e4m3 index tensors run natively
 // (wgmma k32 on e4m3), so unlike index_topk.cu nothing is widened.
 //
@@ -34,7 +35,7 @@
 #define ES (FP8 ? 1 : 2)
 #define RB (DI * ES)		// bytes per row
 #define TBYTES (128 * RB)	// one tile: 128 rows
-#define NST 3
+#define NST (RB == 256 ? 5 : 8)	// ring stages: the warpgroups may drift apart
 #define NT 384
 
 static_assert(BK == 128, "index_topk90: block 128");
@@ -136,26 +137,26 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		valid[hf] = i < q_len;
 		prow[hf] = shift + i;
 	}
-	// The warpgroup's last valid row: blocks past it are skipped (uniform).
-	const int gfirst = m0 + cw * 64;
-	const int glast_p = gfirst < q_len ? shift + min(gfirst + 63, q_len - 1) : -1;
 	const int wfirst = m0 + cw * 64 + warp * 16;
 
+	// Lanes 0 and 1 of a quad own its rows rr0 and rr0 + 8: the score write
+	// or the row's top-KP list (lanes 2 and 3 only help reduce).
+	const int own = lane % 4;
+	const int orow = rr0 + (own & 1) * 8;
+	const bool ovalid = own < 2 && (own ? valid[1] : valid[0]);
 #if !MSA_WRITE_SCORES
 	int nrow[2];
 #pragma unroll
 	for (int hf = 0; hf < 2; hf++)
 		nrow[hf] = valid[hf] ? topk_visible_blocks(prow[hf]) : 0;
-	float thr_s[2] = {-MSA_INF, -MSA_INF};
-	int thr_id[2] = {0x7fffffff, 0x7fffffff};
-	if (MSA_KP > 0 && lane % 4 == 0) {
-#pragma unroll
-		for (int hf = 0; hf < 2; hf++)
-			for (int j = 0; j < MSA_KP; j++) {
-				lsc[j * BM + rr0 + hf * 8] = -MSA_INF;
-				lid[j * BM + rr0 + hf * 8] = 0x7fffffff;
-			}
-	}
+	const int onrow = ovalid ? (own ? nrow[1] : nrow[0]) : 0;
+	float thr_s = -MSA_INF;	// the list's last entry
+	int thr_id = 0x7fffffff;
+	if (MSA_KP > 0 && own < 2)
+		for (int j = 0; j < MSA_KP; j++) {
+			lsc[j * BM + orow] = -MSA_INF;
+			lid[j * BM + orow] = 0x7fffffff;
+		}
 #endif
 	const float sc = score_scale;	// native fp8 products: no widening to undo
 	const u32 qtile = sq + cw * 64 * 128;
@@ -170,19 +171,19 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		idx_qk(S, qtile, sk + (j % NST) * TBYTES);
 		wgmma_commit();
 	};
-	// Block it's score for this thread's rows (S done, or have == 0: no row
-	// of the warpgroup sees it), then the score write or top-k insertion.
-	auto finish = [&](int it, const float (&S)[16][4], bool have) {
+	// Block it's score for this thread's rows (S done), then the score
+	// write or top-k insertion.
+	auto finish = [&](int it, const float (&S)[16][4]) {
 		const int n0 = it * BK;
 		float bs[2];
 #pragma unroll
 		for (int hf = 0; hf < 2; hf++) {
 			float m = -MSA_INF;
-			if (have && n0 + BK - 1 <= prow[hf]) {
+			if (n0 + BK - 1 <= prow[hf]) {
 #pragma unroll
 				for (int c = 0; c < 16; c++)
 					m = fmaxf(m, fmaxf(S[c][2 * hf], S[c][2 * hf + 1]));
-			} else if (have) {
+			} else {
 #pragma unroll
 				for (int c = 0; c < 16; c++)
 #pragma unroll
@@ -194,78 +195,50 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 			m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
 			bs[hf] = m * sc;	// sc > 0: -inf stays -inf
 		}
-		if (lane % 4 != 0)
+		if (!ovalid)
 			return;
 		const int b = it;
-#pragma unroll
-		for (int hf = 0; hf < 2; hf++) {
-			const int row = rr0 + hf * 8;
+		const float mine = own ? bs[1] : bs[0];
 #if MSA_WRITE_SCORES
-			if (valid[hf] && b < nb_stride)
-				scores[((size_t)h * total_q + q0 + m0 + row) * nb_stride + b] = bs[hf];
+		if (b < nb_stride)
+			scores[((size_t)h * total_q + q0 + m0 + orow) * nb_stride + b] = mine;
 #else
-			if (MSA_KP > 0 && valid[hf] && b >= MSA_SINK && b < nrow[hf] - MSA_LOCAL) {
-				const float v = topk_rank(bs[hf]);
-				if (topk_beats(v, b, thr_s[hf], thr_id[hf])) {
-					float *ls = lsc + row;
-					int *li = lid + row;
-					int q = MSA_KP - 1;	// (v, b) displaces the last entry
-					while (q > 0) {
-						const float es = ls[(q - 1) * BM];
-						const int eb = li[(q - 1) * BM];
-						if (!topk_beats(v, b, es, eb))
-							break;
-						ls[q * BM] = es;
-						li[q * BM] = eb;
-						q--;
-					}
-					ls[q * BM] = v;
-					li[q * BM] = b;
-					thr_s[hf] = ls[(MSA_KP - 1) * BM];
-					thr_id[hf] = li[(MSA_KP - 1) * BM];
+		if (MSA_KP > 0 && b >= MSA_SINK && b < onrow - MSA_LOCAL) {
+			const float v = topk_rank(mine);
+			if (topk_beats(v, b, thr_s, thr_id)) {
+				float *ls = lsc + orow;
+				int *li = lid + orow;
+				int q = MSA_KP - 1;	// (v, b) displaces the last entry
+				while (q > 0) {
+					const float es = ls[(q - 1) * BM];
+					const int eb = li[(q - 1) * BM];
+					if (!topk_beats(v, b, es, eb))
+						break;
+					ls[q * BM] = es;
+					li[q * BM] = eb;
+					q--;
 				}
+				ls[q * BM] = v;
+				li[q * BM] = b;
+				thr_s = ls[(MSA_KP - 1) * BM];
+				thr_id = li[(MSA_KP - 1) * BM];
 			}
-#endif
 		}
+#endif
 	};
 	auto release = [&](int it) { mbar_arrive(bempty + 8 * ((it - it0) % NST)); };
 
-	// Blocks it0 .. iend-1 are seen by some row of the warpgroup; two S
-	// buffers let block it+1's products run during block it's top-k.
-	const int iend = glast_p < 0 ? it0 : max(it0, min(it1, glast_p / BK + 1));
-	float Sa[16][4], Sb[16][4];
-	if (it0 < iend)
-		issue(it0, Sa);
-	for (int it = it0; it < iend; it += 2) {
-		const bool nb1 = it + 1 < iend;
-		if (nb1)
-			issue(it + 1, Sb);
-		if (nb1)
-			wgmma_wait<1>();
-		else
-			wgmma_wait<0>();
-		reg_fence<64>(&Sa[0][0]);
+	// Every warpgroup computes every block of the CTA: a block past its own
+	// rows costs at most one tile, and a uniform trip count keeps the wgmma
+	// chains convergent.  The two warpgroups interleave: one's top-k runs
+	// while the other's products do.
+	for (int it = it0; it < it1; it++) {
+		float S[16][4];
+		issue(it, S);
+		wgmma_wait<0>();
+		reg_fence<64>(&S[0][0]);
 		release(it);
-		finish(it, Sa, true);
-		if (!nb1)
-			break;
-		const bool nb2 = it + 2 < iend;
-		if (nb2)
-			issue(it + 2, Sa);
-		if (nb2)
-			wgmma_wait<1>();
-		else
-			wgmma_wait<0>();
-		reg_fence<64>(&Sb[0][0]);
-		release(it + 1);
-		finish(it + 1, Sb, true);
-	}
-	// The rest: no row of the warpgroup sees them; keep the ring in step.
-	for (int it = iend; it < it1; it++) {
-		const int j = it - it0;
-		mbar_wait(bfull + 8 * (j % NST), (j / NST) & 1);
-		release(it);
-		finish(it, Sa, false);
+		finish(it, S);
 	}
 
 #if MSA_WRITE_SCORES

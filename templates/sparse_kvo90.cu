@@ -5,8 +5,8 @@
 // and the block's 128 keys of K and V arrive by cp.async in the 128-byte
 // swizzled layout (hopper.cuh); S = Q K^T and O = P V are wgmma chains with
 // P in registers.  One block per tile means one softmax pass, no rescaling.
-// Each row writes its partial (o, lse) for (query, slot) in msa_combine's
-// mode-1 layout, like sparse_kvo.cu.
+// Each row writes its partial (o in bf16, lse in fp32) for (query, slot) in
+// msa_combine's mode-2 layout: sparse_kvo.cu's, at half the bytes.
 #include "attn.cuh"
 #include "hopper.cuh"
 
@@ -33,7 +33,7 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		 const int *__restrict__ page_table, int pt_stride, float scale_log2, float out_scale,
 		 const int *__restrict__ start, const int *__restrict__ count,
 		 const int *__restrict__ list, const int2 *__restrict__ tiles,
-		 const int *__restrict__ ntiles, int t0, float *__restrict__ part_o,
+		 const int *__restrict__ ntiles, int t0, u16 *__restrict__ part_o,
 		 float *__restrict__ part_lse)
 {
 	extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -134,7 +134,7 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 			continue;
 		const int en = ent[i], t = en / K, slot = en % K;
 		const size_t at = (((size_t)(t - t0) * MSA_HKV + g) * K + slot) * G + row % G;
-		store_row_f32<D>(o, half, inv * out_scale, part_o + at * D, lane);
+		store_row<D, 0>(o, half, inv * out_scale, part_o + at * D, lane);
 		if (lane % 4 == 0)
 			part_lse[at] = l;
 	}

@@ -70,7 +70,8 @@ static int run_case(gpu_env *env, const dcase *c, ref_rng *rng, int idx)
 			p->wgmma = 0;
 		}
 		if (rc == MSA_OK && !c->bm && env->cc == 90)
-			ok(p->wgmma, "%s: sm_90a plan picks the wgmma kernel", name);
+			ok(p->wgmma == (p->max_q > 64), "%s: the sm_90a plan takes the wgmma kernel iff a request "
+			   "has > 64 queries (max %d: %s)", name, p->max_q, p->wgmma ? "wgmma" : "mma");
 	}
 	if (rc == MSA_OK)
 		rc = msa_dense_run(p, (void *)q.dev, (void *)k.dev, (void *)v.dev, (void *)o.dev,

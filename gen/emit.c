@@ -29,7 +29,7 @@ static const msa_family families[MSA_K_COUNT] = {
 	[MSA_K_DENSE_FWD90] = {"dense_fwd90", F_ATTN | MSA_F_CAUSAL, "dense_fwd90.cu", "msa_dense_fwd90", NULL, 0,
 			       {{0}}},
 	[MSA_K_SPARSE_KVO90] = {"sparse_kvo90", F_ATTN | MSA_F_TOPK, "sparse_kvo90.cu", "msa_sparse_kvo90", NULL,
-				0, {{0}}},
+				1, {{"tiles_per_cta", 4, 4, {1, 2, 4, 8}}}},
 	[MSA_K_INDEX_SCORES90] = {"index_scores90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 0, {{0}}},
 	[MSA_K_INDEX_TOPK90] = {"index_topk90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 0, {{0}}},
 };

@@ -146,13 +146,17 @@ static int plan_upload(msa_plan *p, const msa_batch *b)
 }
 
 /* KV-outer workspace: per pass of `chunk` queries the gather lists, the
- * tile map and the per-(query, slot) partials, capped near 256 MiB. */
+ * tile map and the per-(query, slot) partials, capped near 1 GiB: longer
+ * passes give each (group, block) key more tiles per pass, so K and V of a
+ * block are loaded fewer times (sparse_kvo90 keeps them across a CTA's
+ * tiles of one key). */
 static int plan_kvo(msa_plan *p, const msa_batch *b)
 {
 	const msa_layer *l = &p->mod->layer;
 	const msa_cu *cu = p->mod->cu;
 	msa_ctx *ctx = p->mod->ctx;
-	size_t per_q = (size_t)l->heads_q * l->topk * ((size_t)l->head_dim * 4 + 4);
+	/* partials per query: o (bf16 from sparse_kvo90, else fp32) and lse */
+	size_t per_q = (size_t)l->heads_q * l->topk * ((size_t)l->head_dim * (p->kvo_bf16 ? 2 : 4) + 4);
 	int qt = l->group >= 128 ? 1 : 128 / l->group, rc;
 	int *off = malloc(sizeof(int) * (size_t)(b->batch + 1));
 
@@ -162,7 +166,7 @@ static int plan_kvo(msa_plan *p, const msa_batch *b)
 	for (int r = 0; r < b->batch; r++)
 		off[r + 1] = off[r] + (b->cu_kv[r + 1] - b->cu_kv[r] + l->block - 1) / l->block;
 	p->nbt = off[b->batch] > 0 ? off[b->batch] : 1;
-	p->chunk = (int)((b->kvo_workspace ? b->kvo_workspace : (size_t)256 << 20) / per_q);
+	p->chunk = (int)((b->kvo_workspace ? b->kvo_workspace : (size_t)1 << 30) / per_q);
 	p->chunk = p->chunk < 1 ? 1 : p->chunk > p->total_q ? p->total_q : p->chunk;
 	p->max_tiles = (int)((long)p->chunk * l->heads_kv * l->topk / qt) + l->heads_kv * p->nbt + 1;
 	size_t nkeys = (size_t)l->heads_kv * p->nbt, nb = sizeof(int) * (size_t)(b->batch + 1);
@@ -358,9 +362,11 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	const msa_cu *cu = p->mod->cu;
 	msa_ctx *ctx = p->mod->ctx;
 	CUstream s = (CUstream)stream;
-	CUdeviceptr pt = p->pages, part_lse = p->kvo_part + (size_t)p->chunk * l->heads_q * l->topk * l->head_dim * 4;
+	CUdeviceptr pt = p->pages, part_lse = p->kvo_part + (size_t)p->chunk * l->heads_q * l->topk * l->head_dim *
+								      (p->kvo_bf16 ? 2 : 4);
 	int nkeys = l->heads_kv * p->nbt, stride = p->pages_per_req, zero = 0, one = 1, rc;
 	int mode = p->kvo_bf16 ? 2 : 1;	/* combine: bf16 or fp32 partial o */
+	int kvo_tpc = p->kvo_bf16 ? p->k_kvo->tune[0] : 1;	/* tiles per CTA */
 	int rows = (t1 - t0) * l->heads_q, ksel = l->topk;
 	long nsel = (long)(t1 - t0) * l->heads_kv * l->topk;
 	unsigned gblocks = (unsigned)((nsel + 255) / 256);
@@ -385,7 +391,7 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g1, stream)) ||
 	    (rc = msa_cu_check(cu->MemsetD32Async(part_lse, 0xff800000u, (size_t)rows * l->topk, s),
 			       "cuMemsetD32Async", ctx->err, sizeof ctx->err)) ||
-	    (rc = msa_launch(ctx, p->k_kvo, (unsigned)p->max_tiles, 1, 1, kv, stream)))
+	    (rc = msa_launch(ctx, p->k_kvo, (unsigned)((p->max_tiles + kvo_tpc - 1) / kvo_tpc), 1, 1, kv, stream)))
 		return rc;
 	return msa_launch(ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cb, stream);
 }

@@ -190,7 +190,7 @@ typedef struct msa_batch {
 	int nsplit;		/* query-outer split-KV count; 0: the plan picks */
 	int sparse_mode;	/* 0: the plan picks, 1: query-outer, 2: KV-outer
 				   with query gather */
-	size_t kvo_workspace;	/* KV-outer partials per pass; 0: 256 MiB.  A
+	size_t kvo_workspace;	/* KV-outer partials per pass; 0: 1 GiB.  A
 				   smaller one means more passes */
 } msa_batch;
 

@@ -1,6 +1,7 @@
 /* dense_tiles.c - time every dense_fwd tile variant of a spec's first
  * layer on the GPU (CUDA events, median of 5 after a warm-up, random bf16
- * inputs), causal, one request of N tokens.
+ * inputs), causal, one request of N tokens; on sm_90a also the wgmma kernel
+ * (dense_fwd90) at each ring depth, causal and not.
  * usage: build/bench/dense_tiles [SPEC] [N ...]   (default minimax-m3, 8192 32768) */
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,44 +63,57 @@ int main(int argc, char **argv)
 		fill_random(cu, q, nq, 1);
 		fill_random(cu, k, nk, 2);
 		fill_random(cu, v, nk, 3);
-		msa_dense_plan *p;
-		if (msa_dense_plan_new(mod, 1, cq, cq, 1, &p)) {
-			fprintf(stderr, "%s\n", msa_ctx_error(ctx));
-			return 1;
-		}
-		double flops = 4.0 * l->head_dim * l->heads_q * ((double)n * (n + 1) / 2);
-		for (int a = 0; a < 2; a++)
-			for (int b = 0; b < 2; b++) {
-				msa_variant var;
-				msa_kernel *kern;
-				char name[256];
-				float t[5];
-				CUevent e0, e1;
-				msa_variant_default(&var, MSA_K_DENSE_FWD, l, mod->arch, 1);
-				var.tune[0] = bms[a];
-				var.tune[1] = bns[b];
-				msa_variant_name(&var, name, sizeof name);
-				if (msa_kernel_get(ctx, &var, &kern)) {
-					printf("%-62s failed: %s\n", name, msa_ctx_error(ctx));
+		/* c: 0 causal, 1 not; w: 0 mma.sync tiles, 1 wgmma stages */
+		for (int c = 0; c < 2; c++)
+			for (int w = 0; w < 2; w++) {
+				const int nv = w ? 2 : 4;
+				msa_dense_plan *p;
+				if (w && !msa_layer_supports_on(l, MSA_K_DENSE_FWD90, mod->arch))
 					continue;
+				if (c && !w)
+					continue;	/* the portable tiles: causal only */
+				if (msa_dense_plan_new(mod, 1, cq, cq, !c, &p)) {
+					fprintf(stderr, "%s\n", msa_ctx_error(ctx));
+					return 1;
 				}
-				p->k = kern;
-				cu->EventCreate(&e0, 0);
-				cu->EventCreate(&e1, 0);
-				msa_dense_run(p, (void *)q, (void *)k, (void *)v, (void *)o, (float *)lse, NULL);
-				for (int r = 0; r < 5; r++) {
-					cu->EventRecord(e0, NULL);
+				double flops = 4.0 * l->head_dim * l->heads_q * (c ? (double)n * n : (double)n * (n + 1) / 2);
+				for (int i = 0; i < nv; i++) {
+					msa_variant var;
+					msa_kernel *kern;
+					char name[256];
+					float t[5];
+					CUevent e0, e1;
+					msa_variant_default(&var, w ? MSA_K_DENSE_FWD90 : MSA_K_DENSE_FWD, l, mod->arch, !c);
+					if (w) {
+						var.tune[0] = 2 + i;	/* stages */
+					} else {
+						var.tune[0] = bms[i / 2];
+						var.tune[1] = bns[i % 2];
+					}
+					msa_variant_name(&var, name, sizeof name);
+					if (msa_kernel_get(ctx, &var, &kern)) {
+						printf("%-62s failed: %s\n", name, msa_ctx_error(ctx));
+						continue;
+					}
+					p->k = kern;
+					p->wgmma = w;
+					cu->EventCreate(&e0, 0);
+					cu->EventCreate(&e1, 0);
 					msa_dense_run(p, (void *)q, (void *)k, (void *)v, (void *)o, (float *)lse, NULL);
-					cu->EventRecord(e1, NULL);
-					cu->EventSynchronize(e1);
-					cu->EventElapsedTime(&t[r], e0, e1);
+					for (int r = 0; r < 5; r++) {
+						cu->EventRecord(e0, NULL);
+						msa_dense_run(p, (void *)q, (void *)k, (void *)v, (void *)o, (float *)lse, NULL);
+						cu->EventRecord(e1, NULL);
+						cu->EventSynchronize(e1);
+						cu->EventElapsedTime(&t[r], e0, e1);
+					}
+					qsort(t, 5, sizeof t[0], cmp_f);
+					printf("%-62s %8d %10.3f %9.0f\n", name, n, t[2], flops / t[2] / 1e9);
+					cu->EventDestroy(e0);
+					cu->EventDestroy(e1);
 				}
-				qsort(t, 5, sizeof t[0], cmp_f);
-				printf("%-62s %8d %10.3f %9.0f\n", name, n, t[2], flops / t[2] / 1e9);
-				cu->EventDestroy(e0);
-				cu->EventDestroy(e1);
+				msa_dense_plan_free(p);
 			}
-		msa_dense_plan_free(p);
 		cu->MemFree(q);
 		cu->MemFree(k);
 		cu->MemFree(v);

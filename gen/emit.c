@@ -26,8 +26,8 @@ static const msa_family families[MSA_K_COUNT] = {
 	[MSA_K_GATHER] = {"gather", MSA_F_HEADS | MSA_F_BK | MSA_F_TOPK, "gather.cu", "msa_gather",
 			  "msa_gather_scan", 0, {{0}}},
 	[MSA_K_SPARSE_KVO] = {"sparse_kvo", F_ATTN | MSA_F_TOPK, "sparse_kvo.cu", "msa_sparse_kvo", NULL, 0, {{0}}},
-	[MSA_K_DENSE_FWD90] = {"dense_fwd90", F_ATTN | MSA_F_CAUSAL, "dense_fwd90.cu", "msa_dense_fwd90", NULL, 0,
-			       {{0}}},
+	[MSA_K_DENSE_FWD90] = {"dense_fwd90", F_ATTN | MSA_F_CAUSAL, "dense_fwd90.cu", "msa_dense_fwd90", NULL, 1,
+			       {{"stages", 2, 2, {2, 3}}}},
 	[MSA_K_SPARSE_KVO90] = {"sparse_kvo90", F_ATTN | MSA_F_TOPK, "sparse_kvo90.cu", "msa_sparse_kvo90", NULL,
 				1, {{"tiles_per_cta", 4, 4, {1, 2, 4, 8}}}},
 	[MSA_K_INDEX_SCORES90] = {"index_scores90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 0, {{0}}},
@@ -436,9 +436,9 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		*smem = (rows + 4 * 64) * l->head_dim * 2 + (l->topk * (l->block / 64) + 1) * 4;
 		return;
 	}
-	case MSA_K_DENSE_FWD90:	/* 1 KB alignment, Q, 2 stages of K and V, 9 barriers */
+	case MSA_K_DENSE_FWD90:	/* 1 KB alignment, Q, stages of K and V, barriers */
 		*threads = 384;
-		*smem = 1024 + 128 * l->head_dim * 2 * 5 + 8 * 9;
+		*smem = 1024 + 128 * l->head_dim * 2 * (1 + 2 * v->tune[0]) + 8 * (1 + 4 * v->tune[0]);
 		return;
 	case MSA_K_SPARSE_KVO90:	/* 1 KB alignment, Q, K, V tiles, QT entries and positions */
 		*threads = 256;

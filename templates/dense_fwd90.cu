@@ -4,8 +4,9 @@
 // warpgroups: warpgroup 0 is the producer (one thread drives TMA, the rest
 // give their registers away with setmaxnreg), warpgroups 1 and 2 each own
 // 64 query rows.  Q, then K and V tiles of 128 keys, arrive by TMA in a
-// two-stage ring of 128-byte-swizzled shared memory; full/empty mbarriers
-// with parity waits hand the stages between producer and consumers.
+// ring of 2 or 3 stages (tunable) of 128-byte-swizzled shared memory;
+// full/empty mbarriers with parity waits hand the stages between producer
+// and consumers.
 // S = Q K^T is one wgmma chain from shared memory; after the online softmax
 // (exp2, scale folded in) P stays in registers as the A operand of the
 // wgmma chain O += P V.  Within a warpgroup S of the next tile is issued
@@ -17,7 +18,10 @@
 #define BM 128
 #define BN 128
 #define D MSA_D
-#define NST 2
+#ifndef MSA_TUNE_STAGES
+#define MSA_TUNE_STAGES 2
+#endif
+#define NST MSA_TUNE_STAGES	// K and V ring stages
 #define NTHREADS 384
 #define QBYTES (BM * D * 2)
 #define KVBYTES (BN * D * 2)

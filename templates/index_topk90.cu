@@ -4,7 +4,8 @@
 // One CTA takes 128 consecutive queries of one (request, index head) and
 // three warpgroups: warpgroup 0 is the producer (one thread drives TMA: the
 // Q tile once, then the key blocks through a ring of NST stages), warpgroups
-// 1 and 2 own 64 query rows each.  A key tile is one block of 128 keys, so
+// 1 and 2 own 64 query rows each and overlap a block's top-k with the
+// next block's products.  A key tile is one block of 128 keys, so
 // one wgmma chain S = Q K^T gives a row's whole block: the block score is
 // the max over its visible keys (quad shuffles), then lane % 4 == 0 writes
 // it or inserts it into the row's streaming top-KP list in shared memory
@@ -230,15 +231,36 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 
 	// Every warpgroup computes every block of the CTA: a block past its own
 	// rows costs at most one tile, and a uniform trip count keeps the wgmma
-	// chains convergent.  The two warpgroups interleave: one's top-k runs
-	// while the other's products do.
-	for (int it = it0; it < it1; it++) {
-		float S[16][4];
-		issue(it, S);
-		wgmma_wait<0>();
+	// chains convergent.  Two S buffers: block it+1's products run while
+	// block it's score and top-k are worked out (and the other warpgroup
+	// interleaves on top).
+	auto done = [&](int it, float (&S)[16][4]) {
 		reg_fence<64>(&S[0][0]);
 		release(it);
 		finish(it, S);
+	};
+	if (it0 < it1) {
+		float Sa[16][4], Sb[16][4];
+		int it = it0;
+		issue(it, Sa);
+		for (; it + 2 < it1; it += 2) {	// Sa holds block it (in flight)
+			issue(it + 1, Sb);
+			wgmma_wait<1>();
+			done(it, Sa);
+			issue(it + 2, Sa);
+			wgmma_wait<1>();
+			done(it + 1, Sb);
+		}
+		if (it + 1 < it1) {	// two blocks left
+			issue(it + 1, Sb);
+			wgmma_wait<1>();
+			done(it, Sa);
+			wgmma_wait<0>();
+			done(it + 1, Sb);
+		} else {	// one
+			wgmma_wait<0>();
+			done(it, Sa);
+		}
 	}
 
 #if MSA_WRITE_SCORES

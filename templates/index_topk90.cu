@@ -207,22 +207,31 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		if (MSA_KP > 0 && b >= MSA_SINK && b < onrow - MSA_LOCAL) {
 			const float v = topk_rank(mine);
 			if (topk_beats(v, b, thr_s, thr_id)) {
+				// (v, b) displaces the last entry: read the list at once
+				// (independent loads), count the entries that stay ahead,
+				// shift the rest down by one.
 				float *ls = lsc + orow;
 				int *li = lid + orow;
-				int q = MSA_KP - 1;	// (v, b) displaces the last entry
-				while (q > 0) {
-					const float es = ls[(q - 1) * BM];
-					const int eb = li[(q - 1) * BM];
-					if (!topk_beats(v, b, es, eb))
-						break;
-					ls[q * BM] = es;
-					li[q * BM] = eb;
-					q--;
+				float es[MSA_KP_ALLOC];
+				int eb[MSA_KP_ALLOC], at = 0;
+#pragma unroll
+				for (int q = 0; q < MSA_KP; q++) {
+					es[q] = ls[q * BM];
+					eb[q] = li[q * BM];
 				}
-				ls[q * BM] = v;
-				li[q * BM] = b;
-				thr_s = ls[(MSA_KP - 1) * BM];
-				thr_id = li[(MSA_KP - 1) * BM];
+#pragma unroll
+				for (int q = 0; q < MSA_KP; q++)
+					at += topk_beats(es[q], eb[q], v, b);
+#pragma unroll
+				for (int q = MSA_KP - 1; q > 0; q--)
+					if (q > at) {
+						ls[q * BM] = es[q - 1];
+						li[q * BM] = eb[q - 1];
+					}
+				ls[at * BM] = v;
+				li[at * BM] = b;
+				thr_s = at == MSA_KP - 1 ? v : es[MSA_KP > 1 ? MSA_KP - 2 : 0];
+				thr_id = at == MSA_KP - 1 ? b : eb[MSA_KP > 1 ? MSA_KP - 2 : 0];
 			}
 		}
 #endif

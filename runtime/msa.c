@@ -237,14 +237,14 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 	/* Measured on the H100 (bench/RESULTS.md): with mma.sync kernels the
 	 * query-outer form is as fast at 8K-128K and twice as fast at 1M, where
 	 * the KV-outer form's fp32 partials dominate.  The wgmma KV-outer kernel
-	 * (sm_90a, bf16 partials) is 1.6-1.7x faster than query-outer at
-	 * 8K-128K and 0.9x at 1M, so prefill plans of 2K..256K queries take it.
-	 * A tuned "form" record overrides either. */
+	 * (sm_90a, bf16 partials, K and V kept across a key's tiles) is 2.2-2.3x
+	 * faster than query-outer from 8K to 1M, so prefill plans (2K queries
+	 * or more) take it.  A tuned "form" record overrides either. */
 	if (p->mode == MSA_SPARSE_AUTO) {
 		msa_variant v;
 		msa_tune_rec r;
 		p->mode = kvo_kind(mod) == MSA_K_SPARSE_KVO90 && msa_layer_supports(&mod->layer, MSA_K_SPARSE_KVO) &&
-				  p->max_q >= 2048 && p->max_q <= 262144 ? MSA_SPARSE_KVO : MSA_SPARSE_QO;
+				  p->max_q >= 2048 ? MSA_SPARSE_KVO : MSA_SPARSE_QO;
 		msa_variant_default(&v, MSA_K_SPARSE_FWD, &mod->layer, mod->arch, mod->layer.causal);
 		if (msa_layer_supports(&mod->layer, MSA_K_SPARSE_KVO) &&
 		    msa_tune_lookup(ctx, &v, "form", 1, p->max_q, mod->gpu, mod->sms, &r))

@@ -75,8 +75,9 @@ static int family_supports(msa_kind kind, const msa_layer *l, const char *arch, 
 			return 0;
 		}
 		if (l->block != 128 || l->index_dim * msa_dtype_size(l->dtype_index) % 128 ||
-		    l->index_dim * msa_dtype_size(l->dtype_index) > 256) {
-			msa_fmt(why, n, "the wgmma index kernel needs block 128 and index rows of 128 or 256 bytes");
+		    l->index_dim * msa_dtype_size(l->dtype_index) > 256 || 128 % l->heads_kv) {
+			msa_fmt(why, n, "the wgmma index kernel needs block 128, index rows of 128 or 256 bytes "
+				"and index heads dividing 128");
 			return 0;
 		}
 		return 1;

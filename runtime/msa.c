@@ -48,10 +48,6 @@ static int plan_kernels(msa_plan *p)
 	msa_module *m = p->mod;
 	int c = m->layer.causal, rc;
 	p->kvo_bf16 = kvo_kind(m) == MSA_K_SPARSE_KVO90;
-	/* prefill on sm_90a: the wgmma index kernels (MSAGEN_INDEX=mma: the portable ones) */
-	const char *force = getenv("MSAGEN_INDEX");
-	p->index90 = msa_layer_supports_on(&m->layer, MSA_K_INDEX_TOPK90, m->arch) && p->max_q > 64 &&
-		     !(force && strcmp(force, "mma") == 0);
 	if ((rc = msa_module_kernel(m, p->index90 ? MSA_K_INDEX_SCORES90 : MSA_K_INDEX_SCORES, c, &p->k_scores)) ||
 	    (rc = msa_module_kernel(m, p->index90 ? MSA_K_INDEX_TOPK90 : MSA_K_INDEX_TOPK, c, &p->k_itopk)) ||
 	    (rc = msa_module_kernel(m, MSA_K_TOPK, c, &p->k_topk)) ||
@@ -87,7 +83,12 @@ static int pick_nsplit(const msa_plan *p, int want)
 static void pick_index_split(msa_plan *p)
 {
 	const msa_layer *l = &p->mod->layer;
-	long ctas = (long)(p->max_q + 63) / 64 * l->heads_kv * p->batch;
+	/* CTAs of one split: 64 queries x one head, or (wgmma) 128 / Hi
+	 * queries x all Hi heads */
+	const char *force = getenv("MSAGEN_INDEX");
+	p->index90 = msa_layer_supports_on(l, MSA_K_INDEX_TOPK90, p->mod->arch) && !(force && strcmp(force, "mma") == 0);
+	long ctas = p->index90 ? (long)(p->max_q + 128 / l->heads_kv - 1) / (128 / l->heads_kv) * p->batch
+			       : (long)(p->max_q + 63) / 64 * l->heads_kv * p->batch;
 	size_t bytes = (size_t)l->heads_kv * p->total_q * p->nb_max * 4;
 	p->ksplit = 1;
 	while (ctas * p->ksplit < 2L * p->mod->sms && p->ksplit * 4 <= p->nb_max)
@@ -315,7 +316,8 @@ static int run_index(msa_plan *p, msa_kernel *k, const void *qi, const void *ki,
 		return MSA_OK;
 	if (p->index90) {
 		CUtensorMap mq, mk;
-		const int es = (int)msa_dtype_size(l->dtype_index), box3[3] = {128 / es, 1, 128}, box2[2] = {128 / es, 128};
+		const int es = (int)msa_dtype_size(l->dtype_index), qpc = 128 / l->heads_kv;
+		const int box3[3] = {128 / es, l->heads_kv, qpc}, box2[2] = {128 / es, 128};
 		const long dq[3] = {l->index_dim, l->heads_kv, p->total_q}, rq[2] = {(long)l->index_dim * es,
 										     (long)l->index_dim * es * l->heads_kv};
 		const long dk[2] = {l->index_dim, p->ki_rows}, rk[1] = {(long)l->index_dim * es};
@@ -323,8 +325,8 @@ static int run_index(msa_plan *p, msa_kernel *k, const void *qi, const void *ki,
 		if ((rc = msa_tmap(p->mod->ctx, &mq, qi, l->dtype_index, 3, dq, rq, box3, "qi")) ||
 		    (rc = msa_tmap(p->mod->ctx, &mk, ki, l->dtype_index, 2, dk, rk, box2, "ki")))
 			return rc;
-		return msa_launch(p->mod->ctx, k, (unsigned)((p->max_q + 127) / 128 * ks), (unsigned)l->heads_kv,
-				  (unsigned)p->batch, args, stream);
+		return msa_launch(p->mod->ctx, k, (unsigned)((p->max_q + qpc - 1) / qpc * ks), 1, (unsigned)p->batch,
+				  args, stream);
 	}
 	void *args[] = {&qi, &ki, &p->cu_q, &p->cu_kv, &pt, &stride, &p->idx_scale, &ids, &scores, &nbs, &ks};
 	return msa_launch(p->mod->ctx, k, (unsigned)((p->max_q + 63) / 64 * ks), (unsigned)l->heads_kv,

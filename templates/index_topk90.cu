@@ -1,7 +1,8 @@
 // index_topk90.cu - the index branch fused with top-k (or, with
 // MSA_WRITE_SCORES = 1, the block scores alone) for sm_90a.
 //
-// One CTA takes 128 consecutive queries of one (request, index head) and
+// One CTA takes 128 rows: 128 / Hi consecutive queries of one request times
+// the Hi index heads (head fastest: each key tile serves every head), and
 // three warpgroups: warpgroup 0 is the producer (one thread drives TMA: the
 // Q tile once, then the key blocks through a ring of NST stages), warpgroups
 // 1 and 2 own 64 query rows each and overlap a block's top-k with the
@@ -13,9 +14,10 @@
 // exactly as index_topk.cu.  fp8 e4m3 index tensors run natively
 // (wgmma k32 on e4m3), so unlike index_topk.cu nothing is widened.
 //
-// Launch: grid (ceil(max_q_len / 128) * ksplit, Hi, batch), 384 threads;
-// tensor maps over qi [total_q, Hi, Di] (3-d) and ki [rows, Di] (2-d: the
-// request's keys, or pages x block rows), boxes of 128 bytes x 128 rows.
+// Launch: grid (ceil(max_q_len / (128 / Hi)) * ksplit, 1, batch), 384
+// threads; tensor maps over qi [total_q, Hi, Di] (3-d, boxes of 128 bytes x
+// Hi heads x 128 / Hi queries) and ki [rows, Di] (2-d: the request's keys,
+// or pages x block rows; boxes of 128 bytes x 128 rows).
 #if MSA_DT_INDEX == 1
 #define WG_AB "f16.f16"
 #else
@@ -29,7 +31,9 @@
 #define MSA_WRITE_SCORES 0
 #endif
 
-#define BM 128
+#define BM 128		// rows per CTA: (query, head) pairs, the head fastest
+#define HI MSA_HKV	// index heads
+#define QPC (BM / HI)	// queries per CTA
 #define BK MSA_BLOCK
 #define DI MSA_DI
 #define FP8 (MSA_DT_INDEX == 2)
@@ -40,6 +44,7 @@
 #define NT 384
 
 static_assert(BK == 128, "index_topk90: block 128");
+static_assert(BM % HI == 0, "index_topk90: the index heads must divide 128");
 static_assert(RB == 128 || RB == 256, "index_topk90: rows of 128 or 256 bytes (16-bit Di 64/128, fp8 Di 128)");
 #ifdef MSA_SMEM_BYTES
 static_assert(1024 + (1 + NST) * TBYTES + 8 * MSA_KP_ALLOC * BM + 8 * (1 + 2 * NST) <= MSA_SMEM_BYTES,
@@ -75,15 +80,15 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	const u32 bq = smem_u32(lists + 8 * MSA_KP_ALLOC * BM), bfull = bq + 8, bempty = bfull + 8 * NST;
 
 	const int ks = MSA_WRITE_SCORES ? blockIdx.x % ksplit : 0;
-	const int m0 = (MSA_WRITE_SCORES ? blockIdx.x / ksplit : blockIdx.x) * BM;
-	const int h = blockIdx.y, req = blockIdx.z;
+	const int m0 = (MSA_WRITE_SCORES ? blockIdx.x / ksplit : blockIdx.x) * QPC;
+	const int req = blockIdx.z;
 	const int q0 = cu_q[req], q_len = cu_q[req + 1] - q0;
 	if (m0 >= q_len)
 		return;
 	const int k0 = cu_kv[req], kv_len = cu_kv[req + 1] - k0;
 	const int total_q = cu_q[gridDim.z];
 	const int shift = kv_len - q_len;	// p(i) = shift + i
-	const int p_last = shift + min(m0 + BM, q_len) - 1;
+	const int p_last = shift + min(m0 + QPC, q_len) - 1;
 	const int nb = topk_visible_blocks(p_last);	// blocks 0..nb-1, one tile each
 	int it0 = 0, it1 = nb;
 	if (MSA_WRITE_SCORES && ksplit > 1) {
@@ -111,7 +116,7 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 			mbar_expect_tx(bq, TBYTES);
 #pragma unroll
 			for (int a = 0; a < RB / 128; a++)
-				tma_load_3d(sq + a * BM * 128, &tq, bq, a * 128 / ES, h, q0 + m0);
+				tma_load_3d(sq + a * BM * 128, &tq, bq, a * 128 / ES, 0, q0 + m0);
 			const int *pt = page_table ? page_table + (size_t)req * pt_stride : nullptr;
 			for (int it = it0; it < it1; it++) {
 				const int j = it - it0, s = j % NST;
@@ -134,11 +139,10 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	bool valid[2];
 #pragma unroll
 	for (int hf = 0; hf < 2; hf++) {
-		const int i = m0 + rr0 + hf * 8;
+		const int i = m0 + (rr0 + hf * 8) / HI;
 		valid[hf] = i < q_len;
 		prow[hf] = shift + i;
 	}
-	const int wfirst = m0 + cw * 64 + warp * 16;
 
 	// Lanes 0 and 1 of a quad own its rows rr0 and rr0 + 8: the score write
 	// or the row's top-KP list (lanes 2 and 3 only help reduce).
@@ -202,7 +206,7 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		const float mine = own ? bs[1] : bs[0];
 #if MSA_WRITE_SCORES
 		if (b < nb_stride)
-			scores[((size_t)h * total_q + q0 + m0 + orow) * nb_stride + b] = mine;
+			scores[((size_t)(orow % HI) * total_q + q0 + m0 + orow / HI) * nb_stride + b] = mine;
 #else
 		if (MSA_KP > 0 && b >= MSA_SINK && b < onrow - MSA_LOCAL) {
 			const float v = topk_rank(mine);
@@ -277,10 +281,10 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	(void)lid;
 	// Blocks nb .. nb_stride-1: no row of this CTA sees them.
 	for (int x = 0; x < 16 && ks == 0; x++) {
-		const int i = wfirst + x;
+		const int row = cw * 64 + warp * 16 + x, i = m0 + row / HI;
 		if (i >= q_len)
-			break;
-		float *srow = scores + ((size_t)h * total_q + q0 + i) * nb_stride;
+			continue;
+		float *srow = scores + ((size_t)(row % HI) * total_q + q0 + i) * nb_stride;
 		for (int b = nb + lane; b < nb_stride; b += 32)
 			srow[b] = -MSA_INF;
 	}
@@ -291,9 +295,8 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		if (!valid[hf])
 			continue;
 		const int row = rr0 + hf * 8;
-		int *dst = ids + ((size_t)h * total_q + q0 + m0 + row) * MSA_TOPK;
+		int *dst = ids + ((size_t)(row % HI) * total_q + q0 + m0 + row / HI) * MSA_TOPK;
 		write_row_ids(dst, nrow[hf], [&](int j) { return lid[j * BM + row]; }, lane % 4, 4);
 	}
-	(void)wfirst;
 #endif
 }

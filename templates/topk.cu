@@ -22,6 +22,9 @@ __device__ __forceinline__ bool threshold_select(const float *srow, int c0, int 
 {
 	float ms = -MSA_INF;
 	int mi = 0x7fffffff;
+	// unrolled: eight independent loads in flight per lane (long decode rows
+	// are latency-bound otherwise)
+#pragma unroll 8
 	for (int b = c0 + lane; b < c1; b += 32) {
 		float s = topk_rank(__ldg(srow + b));
 		if (topk_beats(s, b, ms, mi)) {
@@ -40,6 +43,7 @@ __device__ __forceinline__ bool threshold_select(const float *srow, int c0, int 
 	const float ts = __shfl_sync(0xffffffffu, ms, src);
 	const int ti = __shfl_sync(0xffffffffu, mi, src);
 	int count = 0;
+#pragma unroll 4
 	for (int base = c0; base < c1; base += 32) {
 		const int b = base + lane;
 		float s = b < c1 ? topk_rank(__ldg(srow + b)) : -MSA_INF;

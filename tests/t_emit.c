@@ -155,15 +155,50 @@ static int count_compiles(const msa_spec *s)
 	return total;
 }
 
+/* Which layers and archs the sm_90a families serve: the rules that decide
+ * between them and the portable kernels. */
+static void check_hopper_support(void)
+{
+	static const struct {
+		const char *text;
+		int dense90, kvo90, index90;
+	} cases[] = {
+		{"layer { name = 'm3', heads = { q = 64, kv = 4 }, head_dim = 128 }", 1, 1, 1},
+		{"layer { name = 'b64', heads = { q = 8, kv = 2 }, head_dim = 64, block = 64, topk = 4 }", 1, 0, 0},
+		{"layer { name = 'f8', heads = { q = 64, kv = 4 }, head_dim = 128, "
+		 "dtype = { q = 'fp8_e4m3', kv = 'fp8_e4m3', index = 'fp8_e4m3', out = 'bf16' } }", 0, 0, 1},
+		{"layer { name = 'i8', heads = { q = 64, kv = 4 }, head_dim = 128, index_dim = 64, "
+		 "dtype = { q = 'bf16', kv = 'bf16', index = 'fp8_e4m3', out = 'bf16' } }", 1, 1, 0},
+		{"layer { name = 'g1', heads = { q = 8, kv = 8 }, head_dim = 64, index_dim = 64 }", 1, 1, 1},
+		{"layer { name = 'h3', heads = { q = 6, kv = 3 }, head_dim = 128 }", 1, 1, 0},
+	};
+	for (int i = 0; i < MSA_COUNT(cases); i++) {
+		msa_spec *s = load(cases[i].text);
+		const msa_layer *l = &s->layers[0];
+		int d = msa_layer_supports_on(l, MSA_K_DENSE_FWD90, "sm_90a");
+		int k = msa_layer_supports_on(l, MSA_K_SPARSE_KVO90, "sm_90a");
+		int x = msa_layer_supports_on(l, MSA_K_INDEX_TOPK90, "sm_90a") &&
+			msa_layer_supports_on(l, MSA_K_INDEX_SCORES90, "sm_90a");
+		ok(d == cases[i].dense90 && k == cases[i].kvo90 && x == cases[i].index90,
+		   "layer %s on sm_90a: dense90 %d kvo90 %d index90 %d", l->name, d, k, x);
+		ok(!msa_layer_supports_on(l, MSA_K_DENSE_FWD90, "sm_80") &&
+		   !msa_layer_supports_on(l, MSA_K_SPARSE_KVO90, "sm_80") &&
+		   !msa_layer_supports_on(l, MSA_K_INDEX_TOPK90, "sm_89"),
+		   "layer %s: no sm_90a kernel on sm_80 / sm_89", l->name);
+		msa_spec_free(s);
+	}
+}
+
 int main(void)
 {
 	msa_spec *s = load(tiny);
-	plan(8 + 5 + 6 + 2 * count_compiles(s) + 2);
+	plan(8 + 5 + 6 + 2 * count_compiles(s) + 2 + 12);
 	check_determinism(&s->layers[0]);
 	check_variants(s);
 	check_bad_tune();
 	check_compiles(s);
 	check_error_lines(s);
+	check_hopper_support();
 	msa_spec_free(s);
 	return done_testing();
 }

@@ -261,6 +261,7 @@ static int check_dense(tune_state *s, msa_module *m, const msa_variant *v, ref_r
 	if (msa_dense_plan_new(m, 2, cu_q, cu_kv, l->causal, &p) == MSA_OK &&
 	    msa_kernel_get(s->env.ctx, v, &kern) == MSA_OK) {
 		p->k = kern;
+		p->wgmma = 0;	/* a portable tile variant, whatever the plan picked */
 		if (msa_dense_run(p, (void *)q.dev, (void *)k.dev, (void *)v2.dev, (void *)o.dev,
 				  (float *)lse.dev, NULL) == MSA_OK && gpu_sync(&s->env) == MSA_OK) {
 			gpu_fetch(&s->env, &o, go);
@@ -391,6 +392,7 @@ static void tune_tiles(tune_state *s, msa_module *m, long n, ref_rng *rng)
 			continue;
 		}
 		d.p->k = k;
+		d.p->wgmma = 0;	/* the portable tile variants are what is tuned here */
 		memcpy(r.cand[r.ncand].tune, vs[i].tune, sizeof vs[i].tune);
 		time_it(s, dense_once, &d, n > 65536 ? 3 : 7, &r.cand[r.ncand]);
 		fprintf(stderr, "[%s %ld] %s: %.3f ms\n", l->name, n, k->name, r.cand[r.ncand].med);

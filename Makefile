@@ -60,7 +60,7 @@ $(B)/libmsagen.so: $(LIBOBJ) $(B)/liblua5.4.so.0
 	$(CC) -shared -o $@ $(LIBOBJ) -Wl,-rpath,'$$ORIGIN' -L$(CUDA_HOME)/lib64 \
 		-Wl,-rpath,$(CUDA_HOME)/lib64 -lnvrtc $(B)/liblua5.4.so.0 -ldl -lpthread -lm $(LDSAN)
 
-TESTHDRS := tests/tap.h tests/ref.h tests/gpu.h cli/check.h cli/tune.h
+TESTHDRS := tests/tap.h tests/files.h tests/ref.h tests/gpu.h cli/check.h cli/tune.h
 
 $(B)/msagen: $(B)/cli/main.o $(B)/cli/check.o $(B)/cli/tune.o $(B)/cli/png.o $(B)/libmsagen.a
 	$(CC) -o $@ $^ $(LDLIBS)

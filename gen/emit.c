@@ -67,13 +67,15 @@ static int arch_number(const char *arch)
  * (NULL: on some arch). */
 static int family_supports(msa_kind kind, const msa_layer *l, const char *arch, char *why, size_t n)
 {
+	const int sm90_only = kind == MSA_K_DENSE_FWD90 || kind == MSA_K_SPARSE_KVO90 ||
+			      kind == MSA_K_INDEX_SCORES90 || kind == MSA_K_INDEX_TOPK90;
+	if (sm90_only && arch && strcmp(arch, "sm_90a") != 0) {
+		msa_fmt(why, n, "the wgmma kernels need sm_90a");
+		return 0;
+	}
 	switch (kind) {
 	case MSA_K_INDEX_SCORES90:
 	case MSA_K_INDEX_TOPK90:
-		if (arch && strcmp(arch, "sm_90a") != 0) {
-			msa_fmt(why, n, "the wgmma kernels need sm_90a");
-			return 0;
-		}
 		if (l->block != 128 || l->index_dim * msa_dtype_size(l->dtype_index) % 128 ||
 		    l->index_dim * msa_dtype_size(l->dtype_index) > 256 || 128 % l->heads_kv) {
 			msa_fmt(why, n, "the wgmma index kernel needs block 128, index rows of 128 or 256 bytes "
@@ -83,10 +85,6 @@ static int family_supports(msa_kind kind, const msa_layer *l, const char *arch, 
 		return 1;
 	case MSA_K_DENSE_FWD90:
 	case MSA_K_SPARSE_KVO90:
-		if (arch && strcmp(arch, "sm_90a") != 0) {
-			msa_fmt(why, n, "the wgmma kernels need sm_90a");
-			return 0;
-		}
 		if (l->dtype_q != l->dtype_kv || l->dtype_q == MSA_DT_FP8_E4M3 ||
 		    (l->head_dim != 64 && l->head_dim != 128)) {
 			msa_fmt(why, n, "the wgmma kernels need 16-bit q and kv, head dim 64 or 128");

@@ -59,6 +59,12 @@ int msa_module_kernel(msa_module *m, msa_kind kind, int causal, msa_kernel **out
 	return msa_kernel_get(m->ctx, &v, out);
 }
 
+int msa_module_wgmma(const msa_module *m, msa_kind kind, const char *env)
+{
+	const char *force = getenv(env);
+	return msa_layer_supports_on(&m->layer, kind, m->arch) && !(force && strcmp(force, "mma") == 0);
+}
+
 /* The dense kernel for a plan: on sm_90a the wgmma kernel, unless
  * MSAGEN_DENSE=mma asks for the portable one (for comparisons) or the plan
  * reads a paged cache or holds at most 64 queries per request; else the
@@ -69,10 +75,8 @@ int msa_module_dense_kernel(msa_module *m, int causal, long max_q, int paged, ms
 	msa_variant v;
 	msa_tune_rec r;
 	const msa_family *f = msa_family_get(MSA_K_DENSE_FWD);
-	const char *force = getenv("MSAGEN_DENSE");
 	*wgmma = 0;
-	if (!paged && msa_layer_supports_on(&m->layer, MSA_K_DENSE_FWD90, m->arch) && max_q > 64 &&
-	    !(force && strcmp(force, "mma") == 0)) {
+	if (!paged && max_q > 64 && msa_module_wgmma(m, MSA_K_DENSE_FWD90, "MSAGEN_DENSE")) {
 		*wgmma = 1;
 		return msa_module_kernel(m, MSA_K_DENSE_FWD90, causal, out);
 	}

@@ -332,6 +332,9 @@ struct msa_module {
 	char gpu[96];		/* device name, part of tuning keys */
 };
 
+/* Whether the module's plans take the sm_90a kernel of a family: the layer
+ * and arch support it and the environment variable env is not "mma". */
+int msa_module_wgmma(const msa_module *m, msa_kind kind, const char *env);
 /* The layer's dense kernel for a plan, tuned for max_q tokens when a
  * record exists; *wgmma says it is dense_fwd90 (no pages). */
 int msa_module_dense_kernel(msa_module *m, int causal, long max_q, int paged, msa_kernel **out,

@@ -37,10 +37,7 @@ static int check_pages(msa_ctx *ctx, const msa_batch *b, int block)
 /* The KV-outer kernel: the wgmma one on sm_90a unless MSAGEN_KVO=mma. */
 static msa_kind kvo_kind(msa_module *m)
 {
-	const char *force = getenv("MSAGEN_KVO");
-	if (msa_layer_supports_on(&m->layer, MSA_K_SPARSE_KVO90, m->arch) && !(force && strcmp(force, "mma") == 0))
-		return MSA_K_SPARSE_KVO90;
-	return MSA_K_SPARSE_KVO;
+	return msa_module_wgmma(m, MSA_K_SPARSE_KVO90, "MSAGEN_KVO") ? MSA_K_SPARSE_KVO90 : MSA_K_SPARSE_KVO;
 }
 
 static int plan_kernels(msa_plan *p)
@@ -85,8 +82,6 @@ static void pick_index_split(msa_plan *p)
 	const msa_layer *l = &p->mod->layer;
 	/* CTAs of one split: 64 queries x one head, or (wgmma) 128 / Hi
 	 * queries x all Hi heads */
-	const char *force = getenv("MSAGEN_INDEX");
-	p->index90 = msa_layer_supports_on(l, MSA_K_INDEX_TOPK90, p->mod->arch) && !(force && strcmp(force, "mma") == 0);
 	long ctas = p->index90 ? (long)(p->max_q + 128 / l->heads_kv - 1) / (128 / l->heads_kv) * p->batch
 			       : (long)(p->max_q + 63) / 64 * l->heads_kv * p->batch;
 	size_t bytes = (size_t)l->heads_kv * p->total_q * p->nb_max * 4;
@@ -222,6 +217,8 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 			max_kv = b->cu_kv[r + 1] - b->cu_kv[r];
 	p->nb_max = (max_kv + mod->layer.block - 1) / mod->layer.block;
 	p->nsplit = pick_nsplit(p, b->nsplit);
+	/* the wgmma index kernels (prefill and decode) unless MSAGEN_INDEX=mma */
+	p->index90 = msa_module_wgmma(mod, MSA_K_INDEX_TOPK90, "MSAGEN_INDEX");
 	pick_index_split(p);
 	plan_scales(p, b);
 	if (b->sparse_mode < 0 || b->sparse_mode > 2) {

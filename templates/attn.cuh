@@ -197,6 +197,28 @@ __device__ __forceinline__ void store_row(const float (&o)[D / 8][4], int r, flo
 		*reinterpret_cast<u32 *>(dst + j * 8 + 2 * t) = pack2<DT>(o[j][2 * r] * inv, o[j][2 * r + 1] * inv);
 }
 
+// Normalise and store this thread's two rows (row_a, row_a + 8) of a dense
+// output: out [tokens, Hq, D] and lse [tokens, Hq] at token q0 + row, head
+// hq; rows >= q_len are skipped, a row with no visible key gives 0 and -inf.
+template <int D, int DT, typename OUT>
+__device__ __forceinline__ void store_dense_rows(const row_state &st, const float (&o)[D / 8][4], int row_a,
+						 int q_len, int q0, int hq, float out_scale, OUT *out,
+						 float *lse, int lane)
+{
+#pragma unroll
+	for (int r = 0; r < 2; r++) {
+		float inv;
+		const float l = row_finish(st, r, inv);
+		const int row = row_a + r * 8;
+		if (row < q_len) {
+			size_t at = (size_t)(q0 + row) * MSA_HQ + hq;
+			store_row<D, DT>(o, r, inv * out_scale, out + at * D, lane);
+			if (lane % 4 == 0)
+				lse[at] = l;
+		}
+	}
+}
+
 // Store row half r of o (scaled by inv) as fp32 (split partials).
 template <int D>
 __device__ __forceinline__ void store_row_f32(const float (&o)[D / 8][4], int r, float inv, float *dst, int lane)

@@ -106,17 +106,5 @@ msa_dense_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		[&](int half, int j) { return j < kv_len && j <= lim_a + (causal ? half * 8 : 0); }, 0,
 		scale_log2, qa, st, o, lane);
 
-	// Normalise and store; a row with no visible key gives 0 and -inf.
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		float inv;
-		const float l = row_finish(st, r, inv);
-		const int row = row_a + r * 8;
-		if (row < q_len) {
-			size_t at = (size_t)(q0 + row) * MSA_HQ + hq;
-			store_row<D, MSA_DT_OUT>(o, r, inv * out_scale, out + at * D, lane);
-			if (lane % 4 == 0)
-				lse[at] = l;
-		}
-	}
+	store_dense_rows<D, MSA_DT_OUT>(st, o, row_a, q_len, q0, hq, out_scale, out, lse, lane);
 }

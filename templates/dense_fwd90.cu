@@ -84,23 +84,20 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 #pragma unroll
 			for (int a = 0; a < D / 64; a++)
 				tma_load_3d(sq + a * BM * 128, &tq, bq, a * 64, hq, q0 + m0);
-			for (int it = 0; it < ntiles; it++) {
+			// Tile it of K or V into its stage, once the consumers free it.
+			auto load = [&](int it, const tmap_t *map, u32 ring, u32 full, u32 empty) {
 				const int s = it % NST;
-				const u32 ph = (it / NST) & 1;
 				if (it >= NST)
-					mbar_wait(bke + 8 * s, ph ^ 1);
-				mbar_expect_tx(bkf + 8 * s, KVBYTES);
+					mbar_wait(empty + 8 * s, ((it / NST) & 1) ^ 1);
+				mbar_expect_tx(full + 8 * s, KVBYTES);
 #pragma unroll
 				for (int a = 0; a < D / 64; a++)
-					tma_load_3d(sk + s * KVBYTES + a * BN * 128, &tk, bkf + 8 * s, a * 64, hk,
+					tma_load_3d(ring + s * KVBYTES + a * BN * 128, map, full + 8 * s, a * 64, hk,
 						    k0 + it * BN);
-				if (it >= NST)
-					mbar_wait(bve + 8 * s, ph ^ 1);
-				mbar_expect_tx(bvf + 8 * s, KVBYTES);
-#pragma unroll
-				for (int a = 0; a < D / 64; a++)
-					tma_load_3d(sv + s * KVBYTES + a * BN * 128, &tv, bvf + 8 * s, a * 64, hk,
-						    k0 + it * BN);
+			};
+			for (int it = 0; it < ntiles; it++) {
+				load(it, &tk, sk, bkf, bke);
+				load(it, &tv, sv, bvf, bve);
 			}
 		}
 		return;
@@ -190,17 +187,5 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 		mbar_arrive(bve + 8 * ((ntiles - 1) % NST));
 	}
 
-	// Normalise and store; a row with no visible key gives 0 and -inf.
-#pragma unroll
-	for (int r = 0; r < 2; r++) {
-		float inv;
-		const float l = row_finish(st, r, inv);
-		const int row = row_a + r * 8;
-		if (row < q_len) {
-			size_t at = (size_t)(q0 + row) * MSA_HQ + hq;
-			store_row<D, MSA_DT_OUT>(o, r, inv * out_scale, out + at * D, lane);
-			if (lane % 4 == 0)
-				lse[at] = l;
-		}
-	}
+	store_dense_rows<D, MSA_DT_OUT>(st, o, row_a, q_len, q0, hq, out_scale, out, lse, lane);
 }

@@ -99,17 +99,6 @@ __device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo, u32 sbo)
 // _ss: A and B from shared memory; _rs: A from registers in the mma.sync
 // A layout.  TB 1: B is MN-major.  acc 0 overwrites d.
 template <int TB>
-__device__ __forceinline__ void wgmma_n64_ss(float *d, u64 a, u64 b, int acc)
-{
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-		     "wgmma.mma_async.sync.aligned.m64n64k16.f32." WG_AB " "
-		     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-		     "%32, %33, p, 1, 1, 0, %35;\n}\n"
-		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-		     : "l"(a), "l"(b), "r"(acc), "n"(TB));
-}
-
-template <int TB>
 __device__ __forceinline__ void wgmma_n64_rs(float *d, const u32 *a, u64 b, int acc = 1)
 {
 	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"

@@ -51,16 +51,7 @@ msa_sparse_kvo(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	const int key = tl.x, first = tl.y;
 	const int nq = min(QT, start[key] + count[key] - first);
 	const int g = key / nbt, gb = key % nbt;
-	int r = 0;
-	for (int lo = 0, hi = batch - 1; lo <= hi;) {	// last request with blk_off <= gb
-		int mid = (lo + hi) / 2;
-		if (blk_off[mid] <= gb) {
-			r = mid;
-			lo = mid + 1;
-		} else {
-			hi = mid - 1;
-		}
-	}
+	const int r = find_request(blk_off, batch, gb);	// last request with blk_off <= gb
 	const int b = gb - blk_off[r], q0 = cu_q[r], q_len = cu_q[r + 1] - q0;
 	const int k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
 	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

@@ -126,15 +126,7 @@ msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict_
 		for (int j = 0; j < MSA_KP; j++) {
 			float bs = ls[0];
 			int bid = li[0];
-#pragma unroll
-			for (int off = 16; off >= 1; off /= 2) {
-				float os = __shfl_xor_sync(0xffffffffu, bs, off);
-				int oid = __shfl_xor_sync(0xffffffffu, bid, off);
-				if (topk_beats(os, oid, bs, bid)) {
-					bs = os;
-					bid = oid;
-				}
-			}
+			warp_best(bs, bid);
 			if (lane == 0)
 				pick[warp][j] = bid;
 			if (li[0] == bid) {	// ids are unique: only the owner pops
@@ -162,15 +154,7 @@ msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict_
 					bid = b;
 				}
 			}
-#pragma unroll
-			for (int off = 16; off >= 1; off /= 2) {
-				float os = __shfl_xor_sync(0xffffffffu, bs, off);
-				int oid = __shfl_xor_sync(0xffffffffu, bid, off);
-				if (topk_beats(os, oid, bs, bid)) {
-					bs = os;
-					bid = oid;
-				}
-			}
+			warp_best(bs, bid);
 			// n > TOPK leaves c1 - c0 >= KP + 1 candidates: bid is real.
 			if (lane == 0)
 				pick[warp][j] = bid;

@@ -30,6 +30,20 @@ __device__ __forceinline__ bool topk_beats(float s, int b, float es, int eb)
 	return s > es || (s == es && b < eb);
 }
 
+// The warp's best (score, id) in the order above, in every lane.
+__device__ __forceinline__ void warp_best(float &bs, int &bid)
+{
+#pragma unroll
+	for (int off = 16; off >= 1; off /= 2) {
+		float os = __shfl_xor_sync(0xffffffffu, bs, off);
+		int oid = __shfl_xor_sync(0xffffffffu, bid, off);
+		if (topk_beats(os, oid, bs, bid)) {
+			bs = os;
+			bid = oid;
+		}
+	}
+}
+
 // Visible blocks of a query at absolute position p (bottom-right causal).
 __device__ __forceinline__ int topk_visible_blocks(int p)
 {

@@ -13,6 +13,7 @@
 
 #include "internal.h"
 #include "tap.h"
+#include "files.h"
 
 #define HDR 72
 
@@ -24,27 +25,6 @@ static char cdir[128];		/* the cache dir inside it */
 static void hex_of(const void *data, size_t len, char hex[65])
 {
 	msa_sha256_hex(data, len, hex);
-}
-
-static int write_file(const char *path, const void *data, size_t len)
-{
-	FILE *f = fopen(path, "wb");
-	int rc = 0;
-	if (!f)
-		return -1;
-	if (len && fwrite(data, 1, len, f) != len)
-		rc = -1;
-	if (fclose(f) != 0)
-		rc = -1;
-	return rc;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-	char *d;
-	if (msa_read_file(path, &d, len) != MSA_OK)
-		bail("cannot read %s", path);
-	return d;
 }
 
 static void entry_path(const char *dir, const char *key, char *path, size_t n)

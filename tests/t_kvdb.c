@@ -11,6 +11,7 @@
 
 #include "internal.h"
 #include "tap.h"
+#include "files.h"
 
 #define HEADER "# msagen tuning db v1\n"
 
@@ -21,27 +22,6 @@ static char root[64];		/* the test's temp dir */
 static void db_path(char *buf, size_t n, const char *name)
 {
 	msa_fmt(buf, n, "%s/%s", root, name);
-}
-
-static int write_file(const char *path, const void *data, size_t len)
-{
-	FILE *f = fopen(path, "wb");
-	int rc = 0;
-	if (!f)
-		return -1;
-	if (len && fwrite(data, 1, len, f) != len)
-		rc = -1;
-	if (fclose(f) != 0)
-		rc = -1;
-	return rc;
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-	char *d;
-	if (msa_read_file(path, &d, len) != MSA_OK)
-		bail("cannot read %s", path);
-	return d;
 }
 
 static int put(const char *path, const char *key, const char *value)

@@ -22,7 +22,7 @@ static const char usage_tune[] =
 	"events (warm-up, L2 flushed between runs, median/p20/p80), check the winner\n"
 	"against the float64 reference, and record it in <cache-dir>/tune.db.  Plans\n"
 	"then use the record of the nearest shape.  Records for this GPU, NVRTC and\n"
-	"generator are reused unless --force.  Candidates within 2%% of the fastest\n"
+	"generator are reused unless --force.  Candidates within 2% of the fastest\n"
 	"are tied and the first in the spec's order wins, so runs agree.\n"
 	"  --tokens N,.. tokens per request of each shape; records are keyed by it\n"
 	"  --batch B    requests per timed shape (default 1)\n"

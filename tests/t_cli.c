@@ -75,6 +75,12 @@ static void check_help(void)
 	like(out, "build SPEC", "help lists build");
 	is_int(run(out, sizeof out, "%s build --help", bin), 0, "build --help exits 0");
 	like(out, "usage: msagen build", "build has its own help");
+	static const char *const cmds[] = {"emit", "build", "cache", "tune", "check"};
+	for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+		is_int(run(out, sizeof out, "%s %s --help", bin, cmds[i]), 0, "%s --help exits 0", cmds[i]);
+		like(out, fmtw("usage: msagen %s", cmds[i]), "%s has its own help", cmds[i]);
+		ok(!strstr(out, "%%"), "%s help has no doubled %%%% (it is printed verbatim)", cmds[i]);
+	}
 	is_int(run(out, sizeof out, "%s frobnicate 2>&1", bin), 2, "unknown command exits 2");
 	is_int(run(out, sizeof out, "%s build specs/tiny.lua --arch sm_99 2>&1", bin), 2,
 	       "unknown arch exits 2");
@@ -151,7 +157,7 @@ int main(void)
 {
 	const char *b = getenv("MSAGEN_BIN");
 	char tmpl[] = "/tmp/msagen-cli-XXXXXX", out[64];
-	plan(6 + 7 + 10 + 5 + 4);
+	plan(6 + 5 * 3 + 7 + 10 + 5 + 4);
 	NV = count_variants();
 	msa_fmt(bin, sizeof bin, "%s", b && *b ? b : "build/msagen");
 	if (access(bin, X_OK) != 0)

@@ -26,8 +26,8 @@ static const msa_family families[MSA_K_COUNT] = {
 	[MSA_K_GATHER] = {"gather", MSA_F_HEADS | MSA_F_BK | MSA_F_TOPK, "gather.cu", "msa_gather",
 			  "msa_gather_scan", 0, {{0}}},
 	[MSA_K_SPARSE_KVO] = {"sparse_kvo", F_ATTN | MSA_F_TOPK, "sparse_kvo.cu", "msa_sparse_kvo", NULL, 0, {{0}}},
-	[MSA_K_DENSE_FWD90] = {"dense_fwd90", F_ATTN | MSA_F_CAUSAL, "dense_fwd90.cu", "msa_dense_fwd90", NULL, 1,
-			       {{"stages", 2, 2, {2, 3}}}},
+	[MSA_K_DENSE_FWD90] = {"dense_fwd90", F_ATTN | MSA_F_CAUSAL, "dense_fwd90.cu", "msa_dense_fwd90", NULL, 2,
+			       {{"stages", 2, 2, {2, 3}}, {"sched", 3, 4, {0, 1, 2, 3}}}},
 	[MSA_K_SPARSE_KVO90] = {"sparse_kvo90", F_ATTN | MSA_F_TOPK, "sparse_kvo90.cu", "msa_sparse_kvo90", NULL,
 				1, {{"tiles_per_cta", 4, 4, {1, 2, 4, 8}}}},
 	[MSA_K_INDEX_SCORES90] = {"index_scores90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 0, {{0}}},
@@ -261,6 +261,16 @@ static int tune_values(const msa_layer *l, const msa_family *f, int i, const int
 	return 1;
 }
 
+int msa_dense90_sched(const msa_layer *l, int causal, long max_q)
+{
+	const msa_family *f = &families[MSA_K_DENSE_FWD90];
+	const int *vals;
+	char err[8];
+	if (tune_values(l, f, 1, &vals, err, sizeof err) > 0 && vals != &f->tunables[1].def)
+		return vals[0];	/* the spec's choice */
+	return causal && max_q >= 32768 ? 0 : 3;
+}
+
 /* Unknown kernel or parameter names in the spec's tune table are errors. */
 static int check_tune_names(const msa_layer *l, char *err, size_t errlen)
 {
@@ -306,6 +316,12 @@ int msa_variants_for_layer(const msa_layer *layer, const char *arch, msa_variant
 				free(vs);
 				return MSA_ESPEC;
 			}
+		/* causal plans pick dense_fwd90's schedule by length: build both */
+		static const int both_scheds[] = {3, 0};
+		if (kind == MSA_K_DENSE_FWD90 && layer->causal && vals[1] == &f->tunables[1].def) {
+			vals[1] = both_scheds;
+			nv[1] = 2;
+		}
 		for (;;) {	/* odometer over the cartesian product */
 			if (count == cap) {
 				msa_variant *nvs = realloc(vs, sizeof *vs * (size_t)(cap = cap ? 2 * cap : 16));
@@ -437,7 +453,7 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 	}
 	case MSA_K_DENSE_FWD90:	/* 1 KB alignment, Q, stages of K and V, barriers */
 		*threads = 384;
-		*smem = 1024 + 128 * l->head_dim * 2 * (1 + 2 * v->tune[0]) + 8 * (1 + 4 * v->tune[0]);
+		*smem = 1024 + 128 * l->head_dim * 2 * (1 + 2 * v->tune[0]) + 8 * (3 + 4 * v->tune[0]);
 		return;
 	case MSA_K_SPARSE_KVO90:	/* 1 KB alignment, Q, K, V tiles, QT entries and positions */
 		*threads = 256;

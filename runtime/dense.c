@@ -78,7 +78,9 @@ int msa_module_dense_kernel(msa_module *m, int causal, long max_q, int paged, ms
 	*wgmma = 0;
 	if (!paged && max_q > 64 && msa_module_wgmma(m, MSA_K_DENSE_FWD90, "MSAGEN_DENSE")) {
 		*wgmma = 1;
-		return msa_module_kernel(m, MSA_K_DENSE_FWD90, causal, out);
+		msa_variant_default(&v, MSA_K_DENSE_FWD90, &m->layer, m->arch, causal);
+		v.tune[1] = msa_dense90_sched(&m->layer, causal, max_q);
+		return msa_kernel_get(m->ctx, &v, out);
 	}
 	msa_variant_default(&v, MSA_K_DENSE_FWD, &m->layer, m->arch, causal);
 	if (msa_tune_lookup(m->ctx, &v, "tiles", f->ntunables, max_q, m->gpu, m->sms, &r))
@@ -148,7 +150,10 @@ int msa_dense_plan_new(msa_module *mod, int batch, const int *cu_q, const int *c
 	if ((rc = msa_module_dense_kernel(mod, p->causal, max_q, 0, &p->k, &p->wgmma)) != MSA_OK)
 		goto fail;
 	bytes = sizeof(int) * (size_t)(batch + 1);
-	rc = msa_cu_check(mod->cu->MemAlloc(&p->dev_cu, 2 * bytes), "cuMemAlloc", ctx->err, sizeof ctx->err);
+	rc = msa_cu_check(mod->cu->MemAlloc(&p->dev_cu, 2 * bytes + 8), "cuMemAlloc", ctx->err, sizeof ctx->err);
+	if (rc == MSA_OK)
+		rc = msa_cu_check(mod->cu->MemsetD32(p->dev_cu + 2 * bytes, 0, 2), "cuMemsetD32", ctx->err,
+				  sizeof ctx->err);
 	if (rc == MSA_OK)
 		rc = msa_cu_check(mod->cu->MemcpyHtoD(p->dev_cu, cu_q, bytes), "cuMemcpyHtoD", ctx->err,
 				  sizeof ctx->err);
@@ -228,13 +233,21 @@ int msa_dense_launch(const msa_dense_args *a, void *stream)
 		return MSA_OK;
 	if (a->wgmma) {
 		CUtensorMap mq, mk, mv;
-		void *args[] = {&mq, &mk, &mv, &out, &lse, &cq, &ck, &scale_log2, &out_scale, &causal};
+		int mtiles = (int)((a->max_q + 127) / 128), batch = a->batch;
+		CUdeviceptr ctr = a->ctr;
+		void *args[] = {&mq, &mk, &mv, &out, &lse, &cq, &ck, &scale_log2, &out_scale, &causal,
+				&mtiles, &batch, &ctr};
 		if ((rc = tmap3(ctx, &mq, q, l->dtype_q, l->head_dim, l->heads_q, a->total_q, "q")) ||
 		    (rc = tmap3(ctx, &mk, k, l->dtype_kv, l->head_dim, l->heads_kv, a->total_kv, "k")) ||
 		    (rc = tmap3(ctx, &mv, v, l->dtype_kv, l->head_dim, l->heads_kv, a->total_kv, "v")))
 			return rc;
-		return msa_launch(ctx, a->kern, (unsigned)((a->max_q + 127) / 128), (unsigned)l->heads_q,
-				  (unsigned)a->batch, args, stream);
+		if (a->kern->tune[1] & 2) {	/* persistent: one CTA per SM */
+			long items = (long)mtiles * l->heads_q * batch;
+			return msa_launch(ctx, a->kern, (unsigned)(items < mod->sms ? items : mod->sms), 1, 1,
+					  args, stream);
+		}
+		return msa_launch(ctx, a->kern, (unsigned)mtiles, (unsigned)l->heads_q, (unsigned)batch, args,
+				  stream);
 	}
 	void *args[] = {&q, &k, &v, &out, &lse, &cq, &ck, &pt, &stride, &scale_log2, &out_scale, &causal};
 	return msa_launch(ctx, a->kern, (unsigned)((a->max_q + a->kern->tune[0] - 1) / a->kern->tune[0]),	/* block_m */
@@ -252,7 +265,7 @@ int msa_dense_run(msa_dense_plan *p, const void *q, const void *k, const void *v
 	msa_dense_args a = {
 		p->mod, p->k, p->wgmma, q, k, v, out, lse, p->dev_cu,
 		p->dev_cu + sizeof(int) * (size_t)(p->batch + 1), 0, 0, p->scale_log2, 1.f, p->causal,
-		p->batch, p->max_q, p->total_q, p->total_kv,
+		p->batch, p->max_q, p->total_q, p->total_kv, p->dev_cu + 2 * sizeof(int) * (size_t)(p->batch + 1),
 	};
 	return msa_dense_launch(&a, stream);
 }

@@ -174,6 +174,11 @@ void msa_variant_default(msa_variant *v, msa_kind kind, const msa_layer *layer,
  * cartesian product of the spec's tune lists.  *out is malloc'ed. */
 int msa_variants_for_layer(const msa_layer *layer, const char *arch,
 			   msa_variant **out, int *n, char *err, size_t errlen);
+/* dense_fwd90's schedule (tunable "sched": bit 0 ping-pong, bit 1
+ * persistent) for a plan: the first the spec lists, else 3, or 0 for
+ * causal requests of >= 32K queries, the faster of the two on the H100 at
+ * those lengths (bench/NOTES.md); causal layers build both. */
+int msa_dense90_sched(const msa_layer *l, int causal, long max_q);
 /* Generate the CUDA source: prelude of constants, then the template after a
  * #line.  *src is malloc'ed and NUL-terminated. */
 int msa_emit(const msa_variant *v, char **src, size_t *len, char *err, size_t errlen);
@@ -346,7 +351,7 @@ struct msa_dense_plan {
 	int wgmma;		/* k is dense_fwd90: launched with tensor maps */
 	int batch, max_q, causal, total_q, total_kv;
 	float scale_log2;
-	CUdeviceptr dev_cu;	/* cu_q then cu_kv, batch+1 ints each */
+	CUdeviceptr dev_cu;	/* cu_q then cu_kv, batch+1 ints each, then 2 ints of work counter */
 };
 
 /* Check batch+1 cumulative lengths on the host; gives the longest q. */
@@ -366,6 +371,7 @@ typedef struct msa_dense_args {
 	int pt_stride;
 	float scale_log2, out_scale;
 	int causal, batch, max_q, total_q, total_kv;
+	CUdeviceptr ctr;	/* 2 ints, zero between launches: the persistent kernel's work counter */
 } msa_dense_args;
 int msa_dense_launch(const msa_dense_args *a, void *stream);
 /* A TMA tensor map (128-byte swizzle, zero fill) of rank 2 or 3: dims
@@ -435,6 +441,7 @@ struct msa_plan {
 	CUdeviceptr dev;	/* cu_q, cu_kv, page table */
 	CUdeviceptr cu_q, cu_kv, pages;
 	CUdeviceptr ids;	/* [Hi, total_q, k] workspace of msa_attention */
+	CUdeviceptr dense_ctr;	/* 2 ints: dense_fwd90's work counter */
 	CUdeviceptr part_o, part_lse;	/* split partials */
 };
 

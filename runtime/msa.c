@@ -122,6 +122,9 @@ static int plan_upload(msa_plan *p, const msa_batch *b)
 	p->cu_kv = p->dev + nc;
 	p->pages = npt ? p->dev + 2 * nc : 0;
 	p->ids = p->dev + 2 * nc + npt;
+	p->dense_ctr = p->ids + nids;	/* the last 16 bytes: dense_fwd90's work counter */
+	if ((rc = msa_cu_check(cu->MemsetD32(p->dense_ctr, 0, 4), "cuMemsetD32", ctx->err, sizeof ctx->err)))
+		return rc;
 	if ((rc = msa_cu_check(cu->MemcpyHtoD(p->cu_q, b->cu_q, nc), "cuMemcpyHtoD", ctx->err, sizeof ctx->err)) ||
 	    (rc = msa_cu_check(cu->MemcpyHtoD(p->cu_kv, b->cu_kv, nc), "cuMemcpyHtoD", ctx->err, sizeof ctx->err)))
 		return rc;
@@ -453,7 +456,7 @@ int msa_dense(msa_plan *p, const void *q, const void *k, const void *v, void *ou
 	msa_dense_args a = {
 		p->mod, p->k_dense, p->dense_wgmma, q, k, v, out, lse, p->cu_q, p->cu_kv, p->pages,
 		p->pages_per_req, p->scale_log2, p->out_scale, p->mod->layer.causal, p->batch, p->max_q,
-		p->total_q, p->total_kv,
+		p->total_q, p->total_kv, p->dense_ctr,
 	};
 	return msa_dense_launch(&a, stream);
 }

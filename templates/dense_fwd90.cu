@@ -22,6 +22,11 @@
 #define MSA_TUNE_STAGES 2
 #endif
 #define NST MSA_TUNE_STAGES	// K and V ring stages
+#ifndef MSA_TUNE_SCHED
+#define MSA_TUNE_SCHED 3
+#endif
+#define PINGPONG (MSA_TUNE_SCHED & 1)	// consumer warpgroups take turns issuing
+#define PERSIST (MSA_TUNE_SCHED & 2)	// one CTA per SM walks the tiles
 #define NTHREADS 384
 #define QBYTES (BM * D * 2)
 #define KVBYTES (BN * D * 2)
@@ -31,7 +36,7 @@ typedef dtype_traits<MSA_DT_OUT>::T out_t;
 static_assert(MSA_DT_Q == MSA_DT_KV && MSA_DT_Q != 2, "dense_fwd90: q and kv of one 16-bit type");
 static_assert(D == 64 || D == 128, "dense_fwd90: head dim 64 or 128");
 #ifdef MSA_SMEM_BYTES
-static_assert(1024 + QBYTES + 2 * NST * KVBYTES + 8 * (1 + 4 * NST) <= MSA_SMEM_BYTES,
+static_assert(1024 + QBYTES + 2 * NST * KVBYTES + 8 * (3 + 4 * NST) <= MSA_SMEM_BYTES,
 	      "dense_fwd90: generator's shared-memory size is too small");
 #endif
 
@@ -39,31 +44,21 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
 msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_t tk,
 		const __grid_constant__ tmap_t tv, out_t *__restrict__ out, float *__restrict__ lse,
 		const int *__restrict__ cu_q, const int *__restrict__ cu_kv, float scale_log2,
-		float out_scale, int causal)
+		float out_scale, int causal, int mtiles, int batch, int *__restrict__ ctr)
 {
 	extern __shared__ __align__(1024) unsigned char smem_raw[];
 	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u;
 	const u32 sk = sq + QBYTES, sv = sk + NST * KVBYTES, sb = sv + NST * KVBYTES;
-	// barriers: q, k full[NST], v full[NST], k empty[NST], v empty[NST]
-	const u32 bq = sb, bkf = sb + 8, bvf = bkf + 8 * NST, bke = bvf + 8 * NST, bve = bke + 8 * NST;
-
-	// Causal tiles with the most keys start first.
-	const int tile = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x;
-	const int hq = blockIdx.y, b = blockIdx.z, hk = hq / MSA_G;
-	const int q0 = cu_q[b], q_len = cu_q[b + 1] - q0;
-	const int k0 = cu_kv[b], kv_len = cu_kv[b + 1] - k0;
-	const int m0 = tile * BM;
-	if (m0 >= q_len)
-		return;
-	const int shift = kv_len - q_len;	// bottom-right causal offset
-	int kend = kv_len;
-	if (causal)
-		kend = min(kv_len, shift + min(m0 + BM, q_len));
-	const int ntiles = kend > 0 ? (kend + BN - 1) / BN : 0;
+	// barriers: q full, q empty, k full[NST], v full[NST], k empty[NST], v empty[NST]
+	const u32 bq = sb, bqe = sb + 8, bkf = sb + 16, bvf = bkf + 8 * NST, bke = bvf + 8 * NST,
+		  bve = bke + 8 * NST;
+	// the work item the producer hands the consumers (persistent)
+	volatile int *slot = reinterpret_cast<volatile int *>(smem_raw + (bve + 8 * NST - smem_u32(smem_raw)));
 	const int wg = threadIdx.x / 128;
 
 	if (threadIdx.x == 0) {
 		mbar_init(bq, 1);
+		mbar_init(bqe, 256);
 		for (int s = 0; s < NST; s++) {
 			mbar_init(bkf + 8 * s, 1);
 			mbar_init(bvf + 8 * s, 1);
@@ -74,118 +69,235 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 	}
 	__syncthreads();
 
+	// Work items: (query tile, head, request), one per CTA, or persistent:
+	// one CTA per SM, the producer taking item blockIdx.x and then the next
+	// of a global counter, of request x kv head x tile x G heads (slowest
+	// first): the CTAs in flight share one kv head's K and V in L2, causal
+	// tiles with the most keys come first, and an SM that runs ahead takes
+	// more.  The last CTA out zeroes the counter for the next launch.
+#if PERSIST
+	const int nitems = mtiles * MSA_HQ * batch;
+#endif
+	struct work {
+		int hq, hk, q0, q_len, k0, kv_len, m0, shift, ntiles;
+	};
+	auto decode = [&](int i, work &w) {
+#if PERSIST
+		const int r = i / MSA_G, t = r % mtiles, hk = r / mtiles % MSA_HKV, b = r / mtiles / MSA_HKV;
+		const int tile = causal ? mtiles - 1 - t : t;
+		w.hq = hk * MSA_G + i % MSA_G;
+#else
+		(void)i;
+		const int tile = causal ? (int)gridDim.x - 1 - (int)blockIdx.x : (int)blockIdx.x, b = blockIdx.z;
+		w.hq = blockIdx.y;
+#endif
+		w.hk = w.hq / MSA_G;
+		w.q0 = cu_q[b];
+		w.q_len = cu_q[b + 1] - w.q0;
+		w.k0 = cu_kv[b];
+		w.kv_len = cu_kv[b + 1] - w.k0;
+		w.m0 = tile * BM;
+		w.shift = w.kv_len - w.q_len;	// bottom-right causal offset
+		int kend = w.kv_len;
+		if (causal)
+			kend = min(w.kv_len, w.shift + min(w.m0 + BM, w.q_len));
+		w.ntiles = kend > 0 ? (kend + BN - 1) / BN : 0;
+		if (w.m0 >= w.q_len)
+			w.ntiles = -1;	// no rows: nothing to do
+	};
+
 	if (wg == 0) {	// producer
-		setmaxnreg_dec<24>();
-		if (threadIdx.x == 0 && ntiles > 0) {
-			tma_prefetch_map(&tq);
-			tma_prefetch_map(&tk);
-			tma_prefetch_map(&tv);
+		setmaxnreg_dec<32>();	// the launch gives 168 x 384; 32 x 128 + 232 x 256 fit in it
+		if (threadIdx.x != 0)
+			return;
+		tma_prefetch_map(&tq);
+		tma_prefetch_map(&tk);
+		tma_prefetch_map(&tv);
+		// Tile g (counted over all items) of K or V into its stage, once
+		// the consumers free it.
+		auto load = [&](int g, int key, int hk, const tmap_t *map, u32 ring, u32 full, u32 empty) {
+			const int s = g % NST;
+			if (g >= NST)
+				mbar_wait(empty + 8 * s, ((g / NST) & 1) ^ 1);
+			mbar_expect_tx(full + 8 * s, KVBYTES);
+#pragma unroll
+			for (int a = 0; a < D / 64; a++)
+				tma_load_3d(ring + s * KVBYTES + a * BN * 128, map, full + 8 * s, a * 64, hk, key);
+		};
+		auto load_q = [&](const work &w) {
 			mbar_expect_tx(bq, QBYTES);
 #pragma unroll
 			for (int a = 0; a < D / 64; a++)
-				tma_load_3d(sq + a * BM * 128, &tq, bq, a * 64, hq, q0 + m0);
-			// Tile it of K or V into its stage, once the consumers free it.
-			auto load = [&](int it, const tmap_t *map, u32 ring, u32 full, u32 empty) {
-				const int s = it % NST;
-				if (it >= NST)
-					mbar_wait(empty + 8 * s, ((it / NST) & 1) ^ 1);
-				mbar_expect_tx(full + 8 * s, KVBYTES);
-#pragma unroll
-				for (int a = 0; a < D / 64; a++)
-					tma_load_3d(ring + s * KVBYTES + a * BN * 128, map, full + 8 * s, a * 64, hk,
-						    k0 + it * BN);
-			};
-			for (int it = 0; it < ntiles; it++) {
-				load(it, &tk, sk, bkf, bke);
-				load(it, &tv, sv, bvf, bve);
+				tma_load_3d(sq + a * BM * 128, &tq, bq, a * 64, w.hq, w.q0 + w.m0);
+		};
+		int g = 0;
+		work w;
+#if PERSIST
+		// Item j (the last one -1: no more) goes to the slot once the
+		// consumers are done with item j - 1's Q; the Q barrier completes
+		// by Q's bytes, or at once for an item without keys.
+		for (int j = 0, item = blockIdx.x;; j++, item = gridDim.x + atomicAdd(ctr, 1)) {
+			if (item < nitems)
+				decode(item, w);
+			if (j > 0)
+				mbar_wait(bqe, (j - 1) & 1);
+			*slot = item < nitems ? item : -1;
+			if (item < nitems && w.ntiles > 0)
+				load_q(w);
+			else
+				mbar_arrive(bq);
+			if (item >= nitems)
+				break;
+#else
+		decode(0, w);
+		if (w.ntiles > 0) {
+			load_q(w);
+#endif
+			for (int it = 0; it < w.ntiles; it++, g++) {
+				load(g, w.k0 + it * BN, w.hk, &tk, sk, bkf, bke);
+				load(g, w.k0 + it * BN, w.hk, &tv, sv, bvf, bve);
 			}
 		}
+#if PERSIST
+		__threadfence();
+		if (atomicAdd(ctr + 1, 1) == (int)gridDim.x - 1) {
+			atomicExch(ctr, 0);
+			atomicExch(ctr + 1, 0);
+		}
+#endif
 		return;
 	}
-	setmaxnreg_inc<240>();
+	setmaxnreg_inc<232>();
 
 	const int cw = wg - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
-	const int rbase = m0 + cw * 64;			// this warpgroup's first row
-	const int row_a = rbase + warp * 16 + lane / 4;	// this thread's two rows
-	const int lim_a = causal ? shift + row_a : kv_len - 1;
 	const u32 qtile = sq + cw * 64 * 128;
-	float o[D / 8][4];
-	zero_acc<D>(o);
-	row_state st;
-	row_state_init(st);
-	if (ntiles > 0)
-		mbar_wait(bq, 0);
+#if PINGPONG
+	// Warpgroup cw issues its products after barrier 1 + cw, then lets the
+	// other one go: one warpgroup's softmax runs under the other's products.
+	if (cw == 1)
+		named_arrive(1, 256);
+	auto turn = [&]() { named_sync(1 + cw, 256); };
+	auto pass = [&]() { named_arrive(2 - cw, 256); };
+#else
+	auto turn = [&]() {};
+	auto pass = [&]() {};
+#endif
+	int g = 0;
+	for (int j = 0;; j++) {
+		work w;
+#if PERSIST
+		mbar_wait(bq, j & 1);
+		const int item = *slot;
+		if (item < 0)
+			break;
+		decode(item, w);
+		if (w.ntiles <= 0)
+			mbar_arrive(bqe);
+		if (w.ntiles < 0)
+			continue;
+#else
+		if (j > 0)
+			break;
+		decode(0, w);
+		if (w.ntiles < 0)
+			break;
+		if (w.ntiles > 0)
+			mbar_wait(bq, 0);
+#endif
+		const int rbase = w.m0 + cw * 64;		// this warpgroup's first row
+		const int row_a = rbase + warp * 16 + lane / 4;	// this thread's two rows
+		const int lim_a = causal ? w.shift + row_a : w.kv_len - 1;
+		const int ntiles = w.ntiles, kv_len = w.kv_len, shift = w.shift;
+		float o[D / 8][4];
+		zero_acc<D>(o);
+		row_state st;
+		row_state_init(st);
+		// Scale and mask S of tile it (keys n0 ..): only tiles not wholly
+		// visible to the warpgroup's rows pay for the per-score test.
+		auto mask = [&](float (&sc)[BN / 8][4], int it) {
+			const int n0 = it * BN;
+			if (n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + rbase))
+				scale_mask<BN>(sc, scale_log2, lane, [](int, int) { return true; });
+			else
+				scale_mask<BN>(sc, scale_log2, lane, [&](int half, int col) {
+					const int j = n0 + col;
+					return j < kv_len && j <= lim_a + (causal ? half * 8 : 0);
+				});
+		};
+		auto issue_qk = [&](float (&sc)[BN / 8][4], int it) {
+			const int s = (g + it) % NST;
+			mbar_wait(bkf + 8 * s, ((g + it) / NST) & 1);
+			wgmma_fence();
+			wg_qk<D, BM>(sc, qtile, sk + s * KVBYTES);
+			wgmma_commit();
+		};
+		auto issue_pv = [&](const u32 (&pa)[BN / 16][4], int it) {
+			const int s = (g + it) % NST;
+			mbar_wait(bvf + 8 * s, ((g + it) / NST) & 1);
+			wgmma_fence();
+			wg_pv<D, BN>(o, pa, sv + s * KVBYTES, 1);
+			wgmma_commit();
+		};
+		// S of tile it is in: free its K stage, and Q after the last tile.
+		auto s_done = [&](int it) {
+			mbar_arrive(bke + 8 * ((g + it) % NST));
+			if (it == ntiles - 1)
+				mbar_arrive(bqe);
+		};
 
-	// Scale and mask S of tile it (keys n0 ..): only tiles not wholly visible
-	// to the warpgroup's rows pay for the per-score test.
-	auto mask = [&](float (&sc)[BN / 8][4], int it) {
-		const int n0 = it * BN;
-		if (n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + rbase))
-			scale_mask<BN>(sc, scale_log2, lane, [](int, int) { return true; });
-		else
-			scale_mask<BN>(sc, scale_log2, lane, [&](int half, int col) {
-				const int j = n0 + col;
-				return j < kv_len && j <= lim_a + (causal ? half * 8 : 0);
-			});
-	};
-	auto issue_qk = [&](float (&sc)[BN / 8][4], int it) {
-		const int s = it % NST;
-		mbar_wait(bkf + 8 * s, (it / NST) & 1);
-		wgmma_fence();
-		wg_qk<D, BM>(sc, qtile, sk + s * KVBYTES);
-		wgmma_commit();
-	};
-	auto issue_pv = [&](const u32 (&pa)[BN / 16][4], int it) {
-		const int s = it % NST;
-		mbar_wait(bvf + 8 * s, (it / NST) & 1);
-		wgmma_fence();
-		wg_pv<D, BN>(o, pa, sv + s * KVBYTES, 1);
-		wgmma_commit();
-	};
-
-	// Software pipeline: S of tile it runs on the tensor cores together with
-	// P V of tile it-1; the softmax of tile it waits only for S, and the
-	// rescale of O (by tile it's new max) only for P V.
-	u32 pa[BN / 16][4];
-	float sc[BN / 8][4], alpha[2];
-	if (ntiles > 0) {
-		issue_qk(sc, 0);
-		wgmma_wait<0>();
-		reg_fence<BN / 2>(&sc[0][0]);
-		mbar_arrive(bke);
-		mask(sc, 0);
-		softmax_step<BN, MSA_DT_Q>(sc, st, pa, alpha);
+		// Software pipeline: S of tile it runs on the tensor cores together
+		// with P V of tile it-1; the softmax of tile it waits only for S,
+		// and the rescale of O (by tile it's new max) only for P V.
+		u32 pa[BN / 16][4];
+		float sc[BN / 8][4], alpha[2];
+		if (ntiles > 0) {
+			turn();
+			issue_qk(sc, 0);
+			pass();
+			wgmma_wait<0>();
+			reg_fence<BN / 2>(&sc[0][0]);
+			s_done(0);
+			mask(sc, 0);
+			softmax_step<BN, MSA_DT_Q>(sc, st, pa, alpha);
+		}
+		// One step: S of tile it with P V of tile it-1 (P in pin); tile
+		// it's P goes to pout.  Two P buffers alternate, so no register is
+		// copied.
+		auto step = [&](int it, const u32 (&pin)[BN / 16][4], u32 (&pout)[BN / 16][4]) {
+			turn();
+			issue_qk(sc, it);
+			issue_pv(pin, it - 1);
+			pass();
+			wgmma_wait<1>();
+			reg_fence<BN / 2>(&sc[0][0]);
+			s_done(it);
+			mask(sc, it);
+			softmax_step<BN, MSA_DT_Q>(sc, st, pout, alpha);
+			wgmma_wait<0>();
+			reg_fence<D / 2>(&o[0][0]);
+			mbar_arrive(bve + 8 * ((g + it - 1) % NST));
+			// most tiles leave every row's max where it was
+			if (__any_sync(~0u, alpha[0] != 1.f || alpha[1] != 1.f))
+				rescale_rows<D>(o, alpha);
+		};
+		u32 pb[BN / 16][4];
+		for (int it = 1; it < ntiles; it += 2) {
+			step(it, pa, pb);
+			if (it + 1 < ntiles)
+				step(it + 1, pb, pa);
+		}
+		if (ntiles > 0) {
+			turn();
+			if ((ntiles - 1) % 2)
+				issue_pv(pb, ntiles - 1);
+			else
+				issue_pv(pa, ntiles - 1);
+			pass();
+			wgmma_wait<0>();
+			reg_fence<D / 2>(&o[0][0]);
+			mbar_arrive(bve + 8 * ((g + ntiles - 1) % NST));
+			g += ntiles;
+		}
+		store_dense_rows<D, MSA_DT_OUT>(st, o, row_a, w.q_len, w.q0, w.hq, out_scale, out, lse, lane);
 	}
-	// One step: S of tile it with P V of tile it-1 (P in pin); tile it's P
-	// goes to pout.  Two P buffers alternate, so no register is copied.
-	auto step = [&](int it, const u32 (&pin)[BN / 16][4], u32 (&pout)[BN / 16][4]) {
-		issue_qk(sc, it);
-		issue_pv(pin, it - 1);
-		wgmma_wait<1>();
-		reg_fence<BN / 2>(&sc[0][0]);
-		mbar_arrive(bke + 8 * (it % NST));
-		mask(sc, it);
-		softmax_step<BN, MSA_DT_Q>(sc, st, pout, alpha);
-		wgmma_wait<0>();
-		reg_fence<D / 2>(&o[0][0]);
-		mbar_arrive(bve + 8 * ((it - 1) % NST));
-		rescale_rows<D>(o, alpha);
-	};
-	u32 pb[BN / 16][4];
-	for (int it = 1; it < ntiles; it += 2) {
-		step(it, pa, pb);
-		if (it + 1 < ntiles)
-			step(it + 1, pb, pa);
-	}
-	if (ntiles > 0) {
-		if ((ntiles - 1) % 2)
-			issue_pv(pb, ntiles - 1);
-		else
-			issue_pv(pa, ntiles - 1);
-		wgmma_wait<0>();
-		reg_fence<D / 2>(&o[0][0]);
-		mbar_arrive(bve + 8 * ((ntiles - 1) % NST));
-	}
-
-	store_dense_rows<D, MSA_DT_OUT>(st, o, row_a, q_len, q0, hq, out_scale, out, lse, lane);
 }

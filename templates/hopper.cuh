@@ -30,7 +30,7 @@ __device__ __forceinline__ void mbar_init(u32 bar, int count)
 
 __device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes)
 {
-	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(bar), "r"(bytes));
+	asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(bar), "r"(bytes) : "memory");
 }
 
 __device__ __forceinline__ void mbar_arrive(u32 bar)
@@ -44,6 +44,18 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity)
 	asm volatile("{\n.reg .pred done;\nWAIT:\n"
 		     "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
 		     "@!done bra WAIT;\n}\n" :: "r"(bar), "r"(parity) : "memory");
+}
+
+// Named barrier id (1..15) over n threads: wait for all of them, or only
+// count this warp's arrival.
+__device__ __forceinline__ void named_sync(int id, int n)
+{
+	asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(n) : "memory");
+}
+
+__device__ __forceinline__ void named_arrive(int id, int n)
+{
+	asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "r"(n) : "memory");
 }
 
 // One box of a 3-d tensor map into shared memory; completes on bar.

@@ -15,6 +15,7 @@
 typedef struct dcase {
 	int hq, hkv, d, fp16, causal, bm, bn;	/* bm 0: the plan's own kernel (wgmma on sm_90a) */
 	int batch, max_q, max_extra;	/* q_len in 1..max_q, kv_len = q_len + 0..max_extra */
+	int sched1;	/* wgmma kernel: 0 the default schedule, else sched + 1 (ping-pong, persistent) */
 } dcase;
 
 static int run_case(gpu_env *env, const dcase *c, ref_rng *rng, int idx)
@@ -69,6 +70,12 @@ static int run_case(gpu_env *env, const dcase *c, ref_rng *rng, int idx)
 			p->k = kern;
 			p->wgmma = 0;
 		}
+		if (rc == MSA_OK && p->wgmma && c->sched1) {
+			msa_variant_default(&var, MSA_K_DENSE_FWD90, &s->layers[0], m->arch, c->causal);
+			var.tune[1] = c->sched1 - 1;
+			if ((rc = msa_kernel_get(env->ctx, &var, &kern)) == MSA_OK)
+				p->k = kern;
+		}
 		if (rc == MSA_OK && !c->bm && env->cc == 90)
 			ok(p->wgmma == (p->max_q > 64), "%s: the sm_90a plan takes the wgmma kernel iff a request "
 			   "has > 64 queries (max %d: %s)", name, p->max_q, p->wgmma ? "wgmma" : "mma");
@@ -94,9 +101,9 @@ static int run_case(gpu_env *env, const dcase *c, ref_rng *rng, int idx)
 			lerr = fabs(got_l[i] - ref_l[i]);
 	}
 	pass = ref_all_finite(got_o, nq) && err <= 1e-2 && lse_ok && lerr <= 1e-3 && !isnan(lerr);
-	ok(pass, "%s: %s Hq=%d Hkv=%d D=%d %s %s bm=%d bn=%d batch=%d tq=%d tkv=%d: rel err %.2e, lse err %.2e",
+	ok(pass, "%s: %s Hq=%d Hkv=%d D=%d %s %s bm=%d bn=%d sched=%d batch=%d tq=%d tkv=%d: rel err %.2e, lse err %.2e",
 	   name, c->fp16 ? "fp16" : "bf16", c->hq, c->hkv, c->d, c->causal ? "causal" : "full",
-	   p && p->wgmma ? "wgmma" : "mma", c->bm, c->bn, c->batch, cu_q[c->batch], cu_kv[c->batch], err, lerr);
+	   p && p->wgmma ? "wgmma" : "mma", c->bm, c->bn, p && p->wgmma ? p->k->tune[1] : -1, c->batch, cu_q[c->batch], cu_kv[c->batch], err, lerr);
 out:
 	msa_dense_plan_free(p);
 	msa_module_free(m);
@@ -139,22 +146,29 @@ static void check_errors(gpu_env *env)
 int main(void)
 {
 	static const dcase cases[] = {
-		{4, 2, 64, 0, 1, 64, 64, 3, 200, 150},
-		{8, 2, 128, 0, 1, 64, 64, 2, 300, 500},
-		{16, 1, 128, 0, 1, 128, 64, 2, 257, 100},
-		{4, 4, 128, 1, 1, 64, 32, 3, 130, 70},
-		{8, 1, 64, 0, 0, 128, 32, 4, 100, 200},
-		{16, 4, 128, 1, 0, 64, 64, 2, 190, 190},
-		{4, 1, 128, 0, 1, 64, 64, 1, 1, 3000},	/* decode-like: one query, long kv */
-		{2, 2, 64, 0, 1, 128, 64, 1, 1000, 3000},	/* one long request */
+		{4, 2, 64, 0, 1, 64, 64, 3, 200, 150, 0},
+		{8, 2, 128, 0, 1, 64, 64, 2, 300, 500, 0},
+		{16, 1, 128, 0, 1, 128, 64, 2, 257, 100, 0},
+		{4, 4, 128, 1, 1, 64, 32, 3, 130, 70, 0},
+		{8, 1, 64, 0, 0, 128, 32, 4, 100, 200, 0},
+		{16, 4, 128, 1, 0, 64, 64, 2, 190, 190, 0},
+		{4, 1, 128, 0, 1, 64, 64, 1, 1, 3000, 0},	/* decode-like: one query, long kv */
+		{2, 2, 64, 0, 1, 128, 64, 1, 1000, 3000, 0},	/* one long request */
 		/* the plan's kernel: on sm_90a the wgmma one when a request has > 64 queries */
-		{8, 2, 128, 0, 1, 0, 0, 3, 400, 300},
-		{16, 4, 128, 1, 1, 0, 0, 4, 300, 0},
-		{4, 1, 64, 0, 1, 0, 0, 3, 500, 200},
-		{8, 8, 64, 1, 0, 0, 0, 3, 300, 300},
-		{16, 2, 128, 0, 0, 0, 0, 5, 200, 90},
-		{4, 2, 128, 0, 1, 0, 0, 1, 2100, 3000},	/* one long request, kv > q */
-		{8, 1, 128, 1, 0, 0, 0, 2, 129, 1},
+		{8, 2, 128, 0, 1, 0, 0, 3, 400, 300, 0},
+		{16, 4, 128, 1, 1, 0, 0, 4, 300, 0, 0},
+		{4, 1, 64, 0, 1, 0, 0, 3, 500, 200, 0},
+		{8, 8, 64, 1, 0, 0, 0, 3, 300, 300, 0},
+		{16, 2, 128, 0, 0, 0, 0, 5, 200, 90, 0},
+		{4, 2, 128, 0, 1, 0, 0, 1, 2100, 3000, 0},	/* one long request, kv > q */
+		{8, 1, 128, 1, 0, 0, 0, 2, 129, 1, 0},
+		/* every wgmma schedule: neither, ping-pong, persistent, both */
+		{8, 2, 128, 0, 1, 0, 0, 4, 700, 300, 1},
+		{8, 2, 128, 1, 0, 0, 0, 3, 500, 200, 2},
+		{16, 4, 64, 0, 1, 0, 0, 5, 900, 100, 3},
+		{4, 1, 128, 0, 0, 0, 0, 2, 1500, 50, 3},
+		{8, 2, 128, 0, 1, 0, 0, 6, 600, 300, 4},
+		{16, 4, 128, 0, 0, 0, 0, 3, 800, 600, 4},
 	};
 	gpu_env env;
 	ref_rng rng;

@@ -189,16 +189,50 @@ static void check_hopper_support(void)
 	}
 }
 
+/* dense_fwd90's schedule: causal layers build both the default and the
+ * one long causal requests take; a spec's own list replaces both. */
+static void check_dense90_scheds(void)
+{
+	static const char *const texts[] = {
+		"layer { name = 'c', heads = { q = 8, kv = 2 }, head_dim = 128 }",
+		"layer { name = 'n', heads = { q = 8, kv = 2 }, head_dim = 128, causal = false }",
+		"layer { name = 'p', heads = { q = 8, kv = 2 }, head_dim = 128, tune = { dense_fwd90 = { sched = { 1 } } } }",
+	};
+	static const char *const want[] = {"30", "3", "1"};
+	for (int t = 0; t < 3; t++) {
+		msa_spec *sp = load(texts[t]);
+		msa_variant *vs;
+		int n;
+		char got[16] = "";
+		if (msa_variants_for_layer(&sp->layers[0], "sm_90a", &vs, &n, NULL, 0) == MSA_OK) {
+			for (int i = 0; i < n; i++)
+				if (vs[i].kind == MSA_K_DENSE_FWD90 && strlen(got) < sizeof got - 1)
+					got[strlen(got)] = (char)('0' + vs[i].tune[1]);
+			free(vs);
+		}
+		is_string(got, want[t], "layer %s: dense_fwd90 schedules built", sp->layers[0].name);
+		const msa_layer *l = &sp->layers[0];
+		if (t == 0)
+			ok(msa_dense90_sched(l, 1, 32768) == 0 && msa_dense90_sched(l, 1, 32767) == 3 &&
+			   msa_dense90_sched(l, 0, 1 << 20) == 3, "long causal plans take schedule 0, the rest 3");
+		if (t == 2)
+			ok(msa_dense90_sched(l, 1, 1 << 20) == 1 && msa_dense90_sched(l, 0, 100) == 1,
+			   "a spec's schedule wins");
+		msa_spec_free(sp);
+	}
+}
+
 int main(void)
 {
 	msa_spec *s = load(tiny);
-	plan(8 + 5 + 6 + 2 * count_compiles(s) + 2 + 12);
+	plan(8 + 5 + 6 + 2 * count_compiles(s) + 2 + 12 + 5);
 	check_determinism(&s->layers[0]);
 	check_variants(s);
 	check_bad_tune();
 	check_compiles(s);
 	check_error_lines(s);
 	check_hopper_support();
+	check_dense90_scheds();
 	msa_spec_free(s);
 	return done_testing();
 }

@@ -297,7 +297,7 @@ def t_build_warm():
     assert st["variants"] == n and st["disk_hits"] == n and st["compiled"] == 0, st
     one = msagen.build(msagen.load_spec(spec_path("tiny.lua"))[0], arch="sm_80",
                        cache_dir=_build_dir())
-    assert one["compiled"] == 0 and one["disk_hits"] == one["variants"] == n // 2, one
+    assert one["compiled"] == 0 and one["disk_hits"] == one["variants"] and 0 < one["variants"] < n, one
     return "%(variants)d hits in %(seconds).3f s" % st
 
 

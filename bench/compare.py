@@ -257,48 +257,81 @@ def bench_flex(tab, layer, n, ids, x, plan):
 
 # ---------------------------------------------------------------- decode
 
-def bench_decode(tab, layer, batch, ctx, results):
+def graph_ms(fn, calls=10):
+    """Per-call time of fn replayed from a CUDA graph of `calls` calls, as a
+    serving engine runs decode: no launch or host cost between calls."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    t = median_ms(g.replay, reps=7) / calls
+    del g
+    return t
+
+
+def bench_decode(tab, layer, batch, ctx, results, qn=1, fp8_index=False):
+    """Decode of qn new queries per request over ctx cached tokens in
+    pages: MSA (index + top-k + sparse) against dense decode over the same
+    cache, eager and from a CUDA graph.  Bytes it must read: every page's
+    index keys plus the distinct pages the top-k selects."""
     hq, hkv, d, di, bk = layer.heads_q, layer.heads_kv, layer.head_dim, layer.index_dim, layer.block
+    idt = torch.float8_e4m3fn if fp8_index else torch.bfloat16
     per = (ctx + bk - 1) // bk
     pages = batch * per
     k_pages, v_pages = rand(pages, hkv, bk, d), rand(pages, hkv, bk, d)
-    ki_pages = rand(pages, bk, di)
+    ki_pages = rand(pages, bk, di).to(idt)
     table = torch.randperm(pages, device="cuda", dtype=torch.int32).view(batch, per)
-    cu_q = list(range(batch + 1))
+    cu_q = [i * qn for i in range(batch + 1)]
     cu_kv = [i * ctx for i in range(batch + 1)]
     plan = layer.plan(cu_q, cu_kv, page_table=table.cpu(), num_pages=pages)
-    q, qi = rand(batch, hq, d), rand(batch, hkv, di)
+    q, qi = rand(batch * qn, hq, d), rand(batch * qn, hkv, di).to(idt)
     out = torch.empty_like(q)
-    lse = torch.empty(batch, hq, device="cuda", dtype=torch.float32)
-    t_msa = median_ms(lambda: plan.attention(qi, ki_pages, q, k_pages, v_pages, out=out, lse=lse), reps=7)
-    t_dense = median_ms(lambda: plan.dense(q, k_pages, v_pages, out=out, lse=lse), reps=7)
-    t_sdpa = None
+    lse = torch.empty(batch * qn, hq, device="cuda", dtype=torch.float32)
+    msa = lambda: plan.attention(qi, ki_pages, q, k_pages, v_pages, out=out, lse=lse)
+    dense = lambda: plan.dense(q, k_pages, v_pages, out=out, lse=lse)
+    t_msa, t_dense = median_ms(msa, reps=7), median_ms(dense, reps=7)
+    g_msa, g_dense = graph_ms(msa), graph_ms(dense)
+    ids = plan.index_topk(qi, ki_pages)  # [Hi, batch * qn, k] block ids, -1 unused
+    srt = ids.view(hkv, batch, qn * ids.shape[-1]).sort(-1).values
+    distinct = ((srt[..., 1:] != srt[..., :-1]) & (srt[..., 1:] >= 0)).sum() + (srt[..., 0] >= 0).sum()
+    t_sdpa = g_sdpa = None
+    what = f"{'fp8' if fp8_index else 'bf16'} index"
+    size = f"b{batch} q{qn} {ctx // 1024}K"
     if batch * ctx > (8 << 20):
-        tab.note(f"decode b{batch} {ctx // 1024}K: torch SDPA not run (its contiguous copy of the cache "
-                 f"would not fit beside the paged one); the speedup is against msagen's dense decode")
+        tab.note(f"decode {size}: torch SDPA not run (its contiguous copy of the cache would not fit "
+                 f"beside the paged one); the speedup is against msagen's dense decode")
     else:
-        # torch SDPA over the same keys laid out contiguously [B, Hkv, ctx, D]
+        # torch SDPA over the same keys laid out contiguously [B, Hkv, ctx, D]; for
+        # qn > 1 not causal (the last qn queries see all but a few of ctx keys)
         kc = k_pages[table.long()].permute(0, 2, 1, 3, 4).reshape(batch, hkv, per * bk, d)[:, :, :ctx]
         vc = v_pages[table.long()].permute(0, 2, 1, 3, 4).reshape(batch, hkv, per * bk, d)[:, :, :ctx]
-        qs = q.view(batch, hq, 1, d)
+        qs = q.view(batch, qn, hq, d).transpose(1, 2)
+        sd = lambda: F.scaled_dot_product_attention(qs, kc, vc, enable_gqa=True)
         try:
-            t_sdpa = median_ms(lambda: F.scaled_dot_product_attention(qs, kc, vc, enable_gqa=True), reps=7)
+            t_sdpa, g_sdpa = median_ms(sd, reps=7), graph_ms(sd)
         except Exception as e:
-            tab.note(f"decode b{batch} {ctx}: torch SDPA failed: {type(e).__name__}: {str(e)[:120]}")
+            tab.note(f"decode {size}: torch SDPA failed: {type(e).__name__}: {str(e)[:120]}")
         del kc, vc
-    sel_bytes = batch * hkv * min(layer.topk, per) * bk * d * 2 * 2
-    idx_bytes = batch * ctx * di * 2
-    gbs = (sel_bytes + idx_bytes) / t_msa / 1e6
-    dense_gbs = batch * ctx * hkv * d * 2 * 2 / t_dense / 1e6
-    size = f"b{batch} {ctx // 1024}K"
-    tab.add("decode", "dense decode (msagen, paged)", size, t_dense, f"{dense_gbs:.0f} GB/s")
-    if t_sdpa:
-        tab.add("decode", "dense decode (torch SDPA, contiguous)", size, t_sdpa,
-                f"{dense_gbs * t_dense / t_sdpa:.0f} GB/s")
-    best = min(t for t in (t_dense, t_sdpa) if t)
-    tab.add("decode", "MSA decode (index+top-k+sparse)", size, t_msa,
-            f"{gbs:.0f} GB/s ({100 * gbs / 1000 / CEIL_TBS:.0f}% of copy)", "fastest dense decode", best / t_msa)
-    results.setdefault("decode", {})[(batch, ctx)] = best / t_msa
+    sel_bytes = int(distinct) * bk * d * 2 * 2
+    idx_bytes = batch * ctx * di * ki_pages.element_size()
+    dense_bytes = batch * ctx * hkv * d * 2 * 2
+    for mode, tm, td, ts in (("", t_msa, t_dense, t_sdpa), (", graph", g_msa, g_dense, g_sdpa)):
+        gbs = (sel_bytes + idx_bytes) / tm / 1e6
+        tab.add("decode", f"dense decode (msagen, paged{mode})", size, td, f"{dense_bytes / td / 1e6:.0f} GB/s")
+        if ts:
+            tab.add("decode", f"dense decode (torch SDPA, contiguous{mode})", size, ts,
+                    f"{dense_bytes / ts / 1e6:.0f} GB/s")
+        best = min(t for t in (td, ts) if t)
+        tab.add("decode", f"MSA decode, {what}{mode}", size, tm,
+                f"{gbs:.0f} GB/s ({100 * gbs / 1000 / CEIL_TBS:.0f}% of copy)", "fastest dense decode", best / tm)
+        if mode and qn == 1 and not fp8_index:
+            results.setdefault("decode", {})[(batch, ctx)] = best / tm
+    del plan
 
 
 # ---------------------------------------------------------------- plot
@@ -510,11 +543,18 @@ def main():
         for n in sizes:
             guarded(tab, f"tuned {n}", bench_tuned, tab, n)
     if "decode" not in skip:
+        f8 = msagen.load(os.path.join(HERE, "..", "specs", "minimax-m3-fp8index.lua"))
         for batch in (1, 8, 32, 128):
             for ctx in (8192, 131072, 1 << 20):
                 if batch * ctx > (16 << 20) or (args.quick and ctx > 131072):
                     continue
                 guarded(tab, f"decode b{batch} {ctx}", bench_decode, tab, layer, batch, ctx, results)
+                if ctx >= 131072 and batch >= 8:
+                    guarded(tab, f"decode b{batch} {ctx} fp8 index", bench_decode, tab, f8, batch, ctx,
+                            results, 1, True)
+                if ctx == 131072 and batch <= 32:
+                    guarded(tab, f"decode b{batch} q8 {ctx}", bench_decode, tab, layer, batch, ctx,
+                            results, 8)
                 torch.cuda.empty_cache()
     series = {}
     for n, t in results.get("msa", {}).items():

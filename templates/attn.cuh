@@ -102,12 +102,14 @@ __device__ __forceinline__ void scale_mask(float (&s)[BN / 8][4], float scale_lo
 
 // One softmax step on a masked tile: updates the row state, leaves P
 // (bf16/fp16) in pa and the factor alpha[r] that o's rows must be scaled by
-// before P V is added (callers that keep o busy apply it later).
-template <int BN, int DT>
+// before P V is added (callers that keep o busy apply it later).  FOLD: s
+// holds raw logits and scale (> 0) multiplies them inside the exp2's FFMA,
+// instead of a multiply per score beforehand.
+template <int BN, int DT, bool FOLD = false>
 __device__ __forceinline__ void softmax_step(float (&s)[BN / 8][4], row_state &st, u32 (&pa)[BN / 16][4],
-					     float (&alpha)[2])
+					     float (&alpha)[2], float scale = 1.f)
 {
-	float mx[2] = {st.m[0], st.m[1]};
+	float mx[2] = {FOLD ? -MSA_INF : st.m[0], FOLD ? -MSA_INF : st.m[1]};
 #pragma unroll
 	for (int j = 0; j < BN / 8; j++) {
 		mx[0] = fmaxf(mx[0], fmaxf(s[j][0], s[j][1]));
@@ -117,6 +119,8 @@ __device__ __forceinline__ void softmax_step(float (&s)[BN / 8][4], row_state &s
 	for (int r = 0; r < 2; r++) {
 		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 1));
 		mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffff, mx[r], 2));
+		if (FOLD)
+			mx[r] = fmaxf(st.m[r], mx[r] * scale);
 		// exp2(-inf - -inf) is NaN: a row that has seen nothing uses base 0
 		float base = mx[r] == -MSA_INF ? 0.f : mx[r];
 		alpha[r] = st.m[r] == -MSA_INF ? 0.f : fast_exp2(st.m[r] - base);
@@ -124,10 +128,11 @@ __device__ __forceinline__ void softmax_step(float (&s)[BN / 8][4], row_state &s
 		mx[r] = base;
 		st.l[r] *= alpha[r];
 	}
+	auto p = [&](float x, float m) { return fast_exp2(FOLD ? fmaf(x, scale, -m) : x - m); };
 #pragma unroll
 	for (int j = 0; j < BN / 8; j++) {
-		float p0 = fast_exp2(s[j][0] - mx[0]), p1 = fast_exp2(s[j][1] - mx[0]);
-		float p2 = fast_exp2(s[j][2] - mx[1]), p3 = fast_exp2(s[j][3] - mx[1]);
+		float p0 = p(s[j][0], mx[0]), p1 = p(s[j][1], mx[0]);
+		float p2 = p(s[j][2], mx[1]), p3 = p(s[j][3], mx[1]);
 		st.l[0] += p0 + p1;
 		st.l[1] += p2 + p3;
 		pa[j / 2][(j & 1) * 2 + 0] = pack2<DT>(p0, p1);

@@ -212,14 +212,13 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 		zero_acc<D>(o);
 		row_state st;
 		row_state_init(st);
-		// Scale and mask S of tile it (keys n0 ..): only tiles not wholly
-		// visible to the warpgroup's rows pay for the per-score test.
+		// Mask S of tile it (keys n0 ..): only tiles not wholly visible to
+		// the warpgroup's rows pay for the per-score test.  The softmax
+		// scales the logits inside its exp2.
 		auto mask = [&](float (&sc)[BN / 8][4], int it) {
 			const int n0 = it * BN;
-			if (n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + rbase))
-				scale_mask<BN>(sc, scale_log2, lane, [](int, int) { return true; });
-			else
-				scale_mask<BN>(sc, scale_log2, lane, [&](int half, int col) {
+			if (!(n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + rbase)))
+				scale_mask<BN>(sc, 1.f, lane, [&](int half, int col) {
 					const int j = n0 + col;
 					return j < kv_len && j <= lim_a + (causal ? half * 8 : 0);
 				});
@@ -258,7 +257,7 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 			reg_fence<BN / 2>(&sc[0][0]);
 			s_done(0);
 			mask(sc, 0);
-			softmax_step<BN, MSA_DT_Q>(sc, st, pa, alpha);
+			softmax_step<BN, MSA_DT_Q, true>(sc, st, pa, alpha, scale_log2);
 		}
 		// One step: S of tile it with P V of tile it-1 (P in pin); tile
 		// it's P goes to pout.  Two P buffers alternate, so no register is
@@ -272,7 +271,7 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 			reg_fence<BN / 2>(&sc[0][0]);
 			s_done(it);
 			mask(sc, it);
-			softmax_step<BN, MSA_DT_Q>(sc, st, pout, alpha);
+			softmax_step<BN, MSA_DT_Q, true>(sc, st, pout, alpha, scale_log2);
 			wgmma_wait<0>();
 			reg_fence<D / 2>(&o[0][0]);
 			mbar_arrive(bve + 8 * ((g + it - 1) % NST));

@@ -157,7 +157,9 @@ void msa_module_free(msa_module *mod);
  * cu_q / cu_kv are host arrays of batch+1 cumulative lengths with
  * kv_len >= q_len for each request when causal (bottom-right aligned).
  * The plan copies what it needs to the device; run only launches, so it can
- * be captured in a CUDA graph. */
+ * be captured in a CUDA graph.  A plan holds device state that a run uses
+ * (on sm_90a, the persistent kernel's work counter), so one plan serves one
+ * run at a time: runs on two streams at once need two plans. */
 typedef struct msa_dense_plan msa_dense_plan;
 
 int msa_dense_plan_new(msa_module *mod, int batch, const int *cu_q,
@@ -197,7 +199,9 @@ typedef struct msa_batch {
 typedef struct msa_plan msa_plan;
 
 /* Checks the batch, copies lengths and page table to the device and sizes
- * the workspace; the run calls below only launch (CUDA-graph safe). */
+ * the workspace; the run calls below only launch (CUDA-graph safe).  The
+ * workspace belongs to the plan: one run at a time per plan, as for dense
+ * plans. */
 int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out);
 void msa_plan_free(msa_plan *plan);
 /* Last dimension of the score tensor: the most blocks of any request. */

@@ -123,6 +123,62 @@ static void check_compiles(const msa_spec *s)
 	}
 }
 
+/* Warp-specialised kernels hand registers from the producer warpgroup to
+ * the consumers with setmaxnreg; the consumers' setmaxnreg.inc waits until
+ * the CTA's pool, fixed at launch (registers x threads), holds every
+ * warpgroup's new count, so a split that does not fit hangs the kernel.
+ * Check each such kernel's split against what ptxas gave it. */
+static const char wspec_text[] =
+	"layer { name = 'w', heads = { q = 64, kv = 4 }, head_dim = 128, index_dim = 128 }\n"
+	"layer { name = 'f', heads = { q = 64, kv = 4 }, head_dim = 128, index_dim = 128,\n"
+	"        dtype = { q = 'bf16', kv = 'bf16', index = 'fp8_e4m3', out = 'bf16' }, causal = false }\n";
+enum { NWSPEC = 7 };
+
+static int first_int_after(const char *src, const char *pat)
+{
+	const char *p = strstr(src, pat);
+	return p ? atoi(p + strlen(pat)) : -1;
+}
+
+static void check_register_split(void)
+{
+	msa_spec *s = load(wspec_text);
+	msa_variant vs[NWSPEC];
+	for (int i = 0; i < 5; i++) {	/* dense_fwd90: stages 2 x sched 0-3, stages 3 x sched 3 */
+		msa_variant_default(&vs[i], MSA_K_DENSE_FWD90, &s->layers[0], "sm_90a", 1);
+		vs[i].tune[0] = i < 4 ? 2 : 3;
+		vs[i].tune[1] = i < 4 ? i : 3;
+	}
+	msa_variant_default(&vs[5], MSA_K_INDEX_TOPK90, &s->layers[0], "sm_90a", 1);
+	msa_variant_default(&vs[6], MSA_K_INDEX_TOPK90, &s->layers[1], "sm_90a", 1);
+	for (int i = 0; i < NWSPEC; i++) {
+		char name[256], err[4096], *src;
+		size_t len;
+		int threads, smem, regs = -1;
+		msa_compiled c;
+		msa_variant_name(&vs[i], name, sizeof name);
+		msa_variant_launch(&vs[i], &threads, &smem);
+		msa_emit(&vs[i], &src, &len, err, sizeof err);
+		const int dec = first_int_after(src, "setmaxnreg_dec<"), inc = first_int_after(src, "setmaxnreg_inc<");
+		int rc = msa_nvrtc_compile(src, len, name, "sm_90a", &c, err, sizeof err);
+		ok(rc == MSA_OK && dec > 0 && inc > 0, "%s compiles and hands registers over (dec %d, inc %d)",
+		   name, dec, inc);
+		const char *used = rc == MSA_OK && c.log ? strstr(c.log, "Used ") : NULL;
+		if (used)
+			sscanf(used, "Used %d registers", &regs);
+		if (regs <= 0)
+			skip(1, "%s: NVRTC gave no resource report (answered from its cache)", name);
+		else
+			ok(dec * 128 + inc * (threads - 128) <= regs * threads,
+			   "%s: %d x 128 + %d x %d registers fit the launch's %d x %d", name, dec, inc,
+			   threads - 128, regs, threads);
+		if (rc == MSA_OK)
+			msa_compiled_clear(&c);
+		free(src);
+	}
+	msa_spec_free(s);
+}
+
 /* A compile error in a template points at the template's own line. */
 static void check_error_lines(const msa_spec *s)
 {
@@ -225,7 +281,7 @@ static void check_dense90_scheds(void)
 int main(void)
 {
 	msa_spec *s = load(tiny);
-	plan(8 + 5 + 6 + 2 * count_compiles(s) + 2 + 12 + 5);
+	plan(8 + 5 + 6 + 2 * count_compiles(s) + 2 + 12 + 5 + 2 * NWSPEC);
 	check_determinism(&s->layers[0]);
 	check_variants(s);
 	check_bad_tune();
@@ -233,6 +289,7 @@ int main(void)
 	check_error_lines(s);
 	check_hopper_support();
 	check_dense90_scheds();
+	check_register_split();
 	msa_spec_free(s);
 	return done_testing();
 }

@@ -54,6 +54,26 @@ def median_ms(fn, warmup=2, reps=5, budget_s=20.0):
     return times[len(times) // 2]
 
 
+def interleaved_ms(fns, rounds=7, warmup=1):
+    """Median CUDA-event time of each named callable, the callables taking
+    turns one run each per round: under the power cap the clock drifts as
+    the card heats, and turns spread that drift over all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    torch.cuda.synchronize()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times[name].append(a.elapsed_time(b))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
 class Table:
     """Rows of results; printed as they come and written as markdown."""
 
@@ -121,28 +141,21 @@ def bench_dense(tab, layer, n, results, causal=True):
     out = torch.empty_like(q)
     lse = torch.empty(n, hq, device="cuda", dtype=torch.float32)
     flops = 4 * d * hq * (causal_pairs(n, n) if causal else n * n)
-    reps = 5 if n <= 32768 else 2
-    base = {}
     # SDPA wants [B, H, S, D]; GQA expanded so every backend takes it.
     qt = q.transpose(0, 1).unsqueeze(0)
     kt = k.repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
     vt = v.repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
-    # cuDNN first, ours, cuDNN again: the card warms up over the run, and
-    # the baseline gets the better of its two times.
-    times = {"cudnn": [], "flash": []}
-    for rnd in range(2):
-        for be in ("cudnn", "flash"):
-            if rnd and be == "flash" or be in base and base[be] is None:
-                continue
-            try:
-                times[be].append(median_ms(lambda: sdpa(be, qt, kt, vt, causal), reps=reps))
-                base[be] = min(times[be])
-            except Exception as e:  # a backend that refuses the shape
-                base[be] = None
-                tab.note(f"dense {n}: torch SDPA {be} failed: {type(e).__name__}: {str(e)[:120]}")
-        if not rnd:
-            ms = median_ms(lambda: plan.run(q, k, v, out=out, lse=lse), reps=reps)
-    base = {be: t for be, t in base.items() if t}
+    fns = {"msagen": lambda: plan.run(q, k, v, out=out, lse=lse)}
+    for be in ("cudnn", "flash"):
+        fn = (lambda b: lambda: sdpa(b, qt, kt, vt, causal))(be)
+        try:
+            fn()
+            fns[be] = fn
+        except Exception as e:  # a backend that refuses the shape
+            tab.note(f"dense {n}: torch SDPA {be} failed: {type(e).__name__}: {str(e)[:120]}")
+    got = interleaved_ms(fns, rounds=7 if n <= 32768 else 3)
+    ms = got.pop("msagen")
+    base = {be: t for be, t in got.items() if t}
     size = f"{n // 1024}K {'causal' if causal else 'non-causal'}"
     for be, bms in base.items():
         tab.add("dense", f"torch SDPA {be}", size, bms, f"{flops / bms / 1e9:.0f} TFLOP/s")
@@ -152,7 +165,7 @@ def bench_dense(tab, layer, n, results, causal=True):
     if causal:
         results.setdefault("dense_cudnn", {})[n] = base.get("cudnn")
     plan.close()
-    del qt, kt, vt
+    del qt, kt, vt, fns
     return base.get("cudnn")
 
 

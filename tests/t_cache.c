@@ -500,15 +500,17 @@ static void test_disk_list_clear(void)
  * a flag the parent raises once every putter has exited. */
 static long *race_seen;
 
-static int race_child(int putter, int gate, const char *dir, const char *rblob)
+typedef struct race_arg {
+	const char *dir, *blob;
+} race_arg;
+
+static int race_child(int who, void *arg)
 {
-	char c, why[256], err[512];
+	const char *dir = ((race_arg *)arg)->dir, *rblob = ((race_arg *)arg)->blob;
+	char why[256], err[512];
 	msa_disk_entry e;
 
-	/* Everyone blocks here until the parent closes the gate. */
-	if (read(gate, &c, 1) != 0)
-		return 2;
-	if (putter) {
+	if (who < NPUT) {
 		for (int i = 0; i < 20; i++) {
 			if (msa_disk_put(dir, KEY_A, strlen(KEY_A), META_A, rblob, RACE_BLOB, err, sizeof err) != MSA_OK) {
 				fprintf(stderr, "put: %s\n", err);
@@ -542,8 +544,7 @@ static void test_race(void)
 {
 	char dir[160], why[256];
 	char *rblob = malloc(RACE_BLOB);
-	int gate[2], good = 0;
-	pid_t pids[NPUT + NGET];
+	int good;
 	msa_disk_entry e;
 
 	race_seen = mmap(NULL, 3 * sizeof(long), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -552,29 +553,10 @@ static void test_race(void)
 	for (int i = 0; i < RACE_BLOB; i++)
 		rblob[i] = (char)(i ^ (i >> 9));
 	msa_fmt(dir, sizeof dir, "%s/race", root);
-	if (mkdir(dir, 0755) != 0 || pipe(gate) != 0)
+	if (mkdir(dir, 0755) != 0)
 		bail("race setup: %s", strerror(errno));
-	fflush(stdout);
-	for (int i = 0; i < NPUT + NGET; i++) {
-		pids[i] = fork();
-		if (pids[i] < 0)
-			bail("fork: %s", strerror(errno));
-		if (pids[i] == 0) {
-			close(gate[1]);
-			_exit(race_child(i < NPUT, gate[0], dir, rblob));
-		}
-	}
-	close(gate[0]);
-	close(gate[1]);		/* open the gate: every child's read returns 0 */
-	for (int i = 0; i < NPUT + NGET; i++) {
-		int st = -1;
-		if (i == NPUT)
-			__atomic_store_n(&race_seen[2], 1, __ATOMIC_RELEASE);
-		if (waitpid(pids[i], &st, 0) == pids[i] && WIFEXITED(st) && WEXITSTATUS(st) == 0)
-			good++;
-		else
-			diag("child %d (%s) status 0x%x", i, i < NPUT ? "put" : "get", st);
-	}
+	race_arg ra = {dir, rblob};
+	good = race_run(NPUT + NGET, NPUT, race_child, &ra, &race_seen[2], "put", "get");
 	diag("race: getters saw %ld hits and %ld 'absent' misses", race_seen[0], race_seen[1]);
 	munmap(race_seen, 3 * sizeof(long));
 	is_int(good, NPUT + NGET, "8 putters x 20 puts, 8 getters reading meanwhile: all exit 0, no torn read");

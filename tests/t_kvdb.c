@@ -399,12 +399,12 @@ static void race_value(char *buf, size_t n, int i, int j)
 	msa_fmt(buf, n, "v%d-%d.%0200d", i, j, i * 1000 + j);
 }
 
-static int race_child(int who, int gate, const char *path)
+static int race_child(int who, void *arg)
 {
-	char c, key[32], want[256], err[512];
+	const char *path = arg;
+	char key[32], want[256], err[512];
 
-	if (read(gate, &c, 1) != 0)
-		return 2;
+	rng = 777u + (uint32_t)who;
 	if (who < NWRITERS) {
 		for (int j = 0; j < PER_WRITER; j++) {
 			msa_fmt(key, sizeof key, "k%d-%d", who, j);
@@ -440,35 +440,13 @@ static int race_child(int who, int gate, const char *path)
 static void test_race(void)
 {
 	char path[128], key[32], want[256], lock[160];
-	int gate[2], good = 0, right = 0, bad = -1;
-	pid_t pids[NWRITERS + NREADERS];
+	int good, right = 0, bad = -1;
 
 	db_path(path, sizeof path, "race/tune.db");
 	stop = mmap(NULL, 3 * sizeof *stop, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	if (stop == MAP_FAILED || pipe(gate) != 0)
+	if (stop == MAP_FAILED)
 		bail("race setup: %s", strerror(errno));
-	fflush(stdout);
-	for (int i = 0; i < NWRITERS + NREADERS; i++) {
-		pids[i] = fork();
-		if (pids[i] < 0)
-			bail("fork: %s", strerror(errno));
-		if (pids[i] == 0) {
-			close(gate[1]);
-			rng = 777u + (uint32_t)i;
-			_exit(race_child(i, gate[0], path));
-		}
-	}
-	close(gate[0]);
-	close(gate[1]);		/* open the gate: every child's read returns 0 */
-	for (int i = 0; i < NWRITERS + NREADERS; i++) {
-		int st = -1;
-		if (i == NWRITERS)
-			__atomic_store_n(&stop[0], 1, __ATOMIC_RELEASE);
-		if (waitpid(pids[i], &st, 0) == pids[i] && WIFEXITED(st) && WEXITSTATUS(st) == 0)
-			good++;
-		else
-			diag("child %d (%s) status 0x%x", i, i < NWRITERS ? "writer" : "reader", st);
-	}
+	good = race_run(NWRITERS + NREADERS, NWRITERS, race_child, path, &stop[0], "writer", "reader");
 	diag("race: readers made %ld gets, %ld of them hits", stop[1], stop[2]);
 	munmap(stop, 3 * sizeof *stop);
 	is_int(good, NWRITERS + NREADERS,

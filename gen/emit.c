@@ -27,7 +27,7 @@ static const msa_family families[MSA_K_COUNT] = {
 			  "msa_gather_scan", 0, {{0}}},
 	[MSA_K_SPARSE_KVO] = {"sparse_kvo", F_ATTN | MSA_F_TOPK, "sparse_kvo.cu", "msa_sparse_kvo", NULL, 0, {{0}}},
 	[MSA_K_DENSE_FWD90] = {"dense_fwd90", F_ATTN | MSA_F_CAUSAL, "dense_fwd90.cu", "msa_dense_fwd90", NULL, 2,
-			       {{"stages", 2, 2, {2, 3}}, {"sched", 3, 4, {0, 1, 2, 3}}}},
+			       {{"stages", 2, 2, {2, 3}}, {"sched", MSA_DENSE90_SCHED, 4, {0, 1, 2, 3}}}},
 	[MSA_K_SPARSE_KVO90] = {"sparse_kvo90", F_ATTN | MSA_F_TOPK, "sparse_kvo90.cu", "msa_sparse_kvo90", NULL,
 				1, {{"tiles_per_cta", 4, 4, {1, 2, 4, 8}}}},
 	[MSA_K_INDEX_SCORES90] = {"index_scores90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 0, {{0}}},
@@ -268,7 +268,7 @@ int msa_dense90_sched(const msa_layer *l, int causal, long max_q)
 	char err[8];
 	if (tune_values(l, f, 1, &vals, err, sizeof err) > 0 && vals != &f->tunables[1].def)
 		return vals[0];	/* the spec's choice */
-	return causal && max_q >= 32768 ? 0 : 3;
+	return causal && max_q >= 32768 ? MSA_DENSE90_SCHED_LONG_CAUSAL : MSA_DENSE90_SCHED;
 }
 
 /* Unknown kernel or parameter names in the spec's tune table are errors. */
@@ -317,7 +317,7 @@ int msa_variants_for_layer(const msa_layer *layer, const char *arch, msa_variant
 				return MSA_ESPEC;
 			}
 		/* causal plans pick dense_fwd90's schedule by length: build both */
-		static const int both_scheds[] = {3, 0};
+		static const int both_scheds[] = {MSA_DENSE90_SCHED, MSA_DENSE90_SCHED_LONG_CAUSAL};
 		if (kind == MSA_K_DENSE_FWD90 && layer->causal && vals[1] == &f->tunables[1].def) {
 			vals[1] = both_scheds;
 			nv[1] = 2;

@@ -151,9 +151,9 @@ int msa_dense_plan_new(msa_module *mod, int batch, const int *cu_q, const int *c
 		goto fail;
 	bytes = sizeof(int) * (size_t)(batch + 1);
 	rc = msa_cu_check(mod->cu->MemAlloc(&p->dev_cu, 2 * bytes + 8), "cuMemAlloc", ctx->err, sizeof ctx->err);
+	p->ctr = p->dev_cu + 2 * bytes;
 	if (rc == MSA_OK)
-		rc = msa_cu_check(mod->cu->MemsetD32(p->dev_cu + 2 * bytes, 0, 2), "cuMemsetD32", ctx->err,
-				  sizeof ctx->err);
+		rc = msa_cu_check(mod->cu->MemsetD32(p->ctr, 0, 2), "cuMemsetD32", ctx->err, sizeof ctx->err);
 	if (rc == MSA_OK)
 		rc = msa_cu_check(mod->cu->MemcpyHtoD(p->dev_cu, cu_q, bytes), "cuMemcpyHtoD", ctx->err,
 				  sizeof ctx->err);
@@ -265,7 +265,7 @@ int msa_dense_run(msa_dense_plan *p, const void *q, const void *k, const void *v
 	msa_dense_args a = {
 		p->mod, p->k, p->wgmma, q, k, v, out, lse, p->dev_cu,
 		p->dev_cu + sizeof(int) * (size_t)(p->batch + 1), 0, 0, p->scale_log2, 1.f, p->causal,
-		p->batch, p->max_q, p->total_q, p->total_kv, p->dev_cu + 2 * sizeof(int) * (size_t)(p->batch + 1),
+		p->batch, p->max_q, p->total_q, p->total_kv, p->ctr,
 	};
 	return msa_dense_launch(&a, stream);
 }

@@ -179,6 +179,7 @@ int msa_variants_for_layer(const msa_layer *layer, const char *arch,
  * causal requests of >= 32K queries, the faster of the two on the H100 at
  * those lengths (bench/NOTES.md); causal layers build both. */
 int msa_dense90_sched(const msa_layer *l, int causal, long max_q);
+enum { MSA_DENSE90_SCHED = 3, MSA_DENSE90_SCHED_LONG_CAUSAL = 0 };
 /* Generate the CUDA source: prelude of constants, then the template after a
  * #line.  *src is malloc'ed and NUL-terminated. */
 int msa_emit(const msa_variant *v, char **src, size_t *len, char *err, size_t errlen);
@@ -351,7 +352,8 @@ struct msa_dense_plan {
 	int wgmma;		/* k is dense_fwd90: launched with tensor maps */
 	int batch, max_q, causal, total_q, total_kv;
 	float scale_log2;
-	CUdeviceptr dev_cu;	/* cu_q then cu_kv, batch+1 ints each, then 2 ints of work counter */
+	CUdeviceptr dev_cu;	/* cu_q then cu_kv, batch+1 ints each, then ctr */
+	CUdeviceptr ctr;	/* 2 ints: dense_fwd90's work counter */
 };
 
 /* Check batch+1 cumulative lengths on the host; gives the longest q. */

@@ -473,11 +473,11 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		*smem = msa_index_topk_smem(l);
 		return;
 	case MSA_K_INDEX_SCORES90:
-	case MSA_K_INDEX_TOPK90: {	/* 1 KB alignment, Q + NST K tiles, lists, barriers */
+	case MSA_K_INDEX_TOPK90: {	/* 1 KB alignment, Q + NST K tiles, the lists' ids, barriers */
 		int kp = l->topk - l->sink_blocks - l->local_blocks, rb = l->index_dim * (int)msa_dtype_size(l->dtype_index);
 		int nst = rb == 256 ? 5 : 8;
 		*threads = 384;
-		*smem = 1024 + (1 + nst) * 128 * rb + 8 * 128 * (kp > 0 ? kp : 1) + 8 * (1 + 2 * nst);
+		*smem = 1024 + (1 + nst) * 128 * rb + 4 * 128 * (kp > 0 ? kp : 1) + 8 * (1 + 2 * nst);
 		return;
 	}
 	case MSA_K_TOPK:

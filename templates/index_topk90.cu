@@ -9,9 +9,14 @@
 // next block's products.  A key tile is one block of 128 keys, so
 // one wgmma chain S = Q K^T gives a row's whole block: the block score is
 // the max over its visible keys (quad shuffles), then lane % 4 == 0 writes
-// it or inserts it into the row's streaming top-KP list in shared memory
-// (lane 0 of the quad for the first row, lane 1 for the second),
-// exactly as index_topk.cu.  fp8 e4m3 index tensors run natively
+// it (lane 0 of the quad for the first row, lane 1 for the second), or the
+// quad inserts it into the row's streaming top-KP list, exactly in the order
+// of index_topk.cu.  The list lives in registers, sorted and spread over the
+// quad's four lanes (lane q holds entries q*TR .. q*TR+TR-1): an insertion
+// is a few compares and selects per lane and one shuffle, with no shared
+// memory and no lane-divergent branch.  CTAs take their query tiles last
+// first: the longest (causal) tiles start in the first wave, so the short
+// ones fill the tail.  fp8 e4m3 index tensors run natively
 // (wgmma k32 on e4m3), so unlike index_topk.cu nothing is widened.
 //
 // Launch: grid (ceil(max_q_len / (128 / Hi)) * ksplit, 1, batch), 384
@@ -42,12 +47,13 @@
 #define TBYTES (128 * RB)	// one tile: 128 rows
 #define NST (RB == 256 ? 5 : 8)	// ring stages: the warpgroups may drift apart
 #define NT 384
+#define TR ((MSA_KP_ALLOC + 3) / 4)	// list entries per quad lane and row
 
 static_assert(BK == 128, "index_topk90: block 128");
 static_assert(BM % HI == 0, "index_topk90: the index heads must divide 128");
 static_assert(RB == 128 || RB == 256, "index_topk90: rows of 128 or 256 bytes (16-bit Di 64/128, fp8 Di 128)");
 #ifdef MSA_SMEM_BYTES
-static_assert(1024 + (1 + NST) * TBYTES + 8 * MSA_KP_ALLOC * BM + 8 * (1 + 2 * NST) <= MSA_SMEM_BYTES,
+static_assert(1024 + (1 + NST) * TBYTES + 4 * MSA_KP_ALLOC * BM + 8 * (1 + 2 * NST) <= MSA_SMEM_BYTES,
 	      "index_topk90: generator's shared-memory size is too small");
 #endif
 
@@ -75,12 +81,14 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	extern __shared__ __align__(1024) unsigned char smem_raw[];
 	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u, sk = sq + TBYTES;
 	unsigned char *lists = smem_raw + (sk + NST * TBYTES - smem_u32(smem_raw));
-	float *lsc = reinterpret_cast<float *>(lists);			// [KP][BM] scores
-	int *lid = reinterpret_cast<int *>(lists + 4 * MSA_KP_ALLOC * BM);	// [KP][BM] ids
-	const u32 bq = smem_u32(lists + 8 * MSA_KP_ALLOC * BM), bfull = bq + 8, bempty = bfull + 8 * NST;
+#if !MSA_WRITE_SCORES
+	int *lid = reinterpret_cast<int *>(lists);	// [KP][BM] the final lists' ids
+#endif
+	const u32 bq = smem_u32(lists + 4 * MSA_KP_ALLOC * BM), bfull = bq + 8, bempty = bfull + 8 * NST;
 
 	const int ks = MSA_WRITE_SCORES ? blockIdx.x % ksplit : 0;
-	const int m0 = (MSA_WRITE_SCORES ? blockIdx.x / ksplit : blockIdx.x) * QPC;
+	const int ntile = MSA_WRITE_SCORES ? gridDim.x / ksplit : gridDim.x;	// longest first
+	const int m0 = (ntile - 1 - (MSA_WRITE_SCORES ? blockIdx.x / ksplit : blockIdx.x)) * QPC;
 	const int req = blockIdx.z;
 	const int q0 = cu_q[req], q_len = cu_q[req + 1] - q0;
 	if (m0 >= q_len)
@@ -144,24 +152,30 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		prow[hf] = shift + i;
 	}
 
-	// Lanes 0 and 1 of a quad own its rows rr0 and rr0 + 8: the score write
-	// or the row's top-KP list (lanes 2 and 3 only help reduce).
+	// Lanes 0 and 1 of a quad write the scores of its rows rr0 and rr0 + 8.
 	const int own = lane % 4;
+#if MSA_WRITE_SCORES
 	const int orow = rr0 + (own & 1) * 8;
 	const bool ovalid = own < 2 && (own ? valid[1] : valid[0]);
-#if !MSA_WRITE_SCORES
+#else
+	// Each row's top-KP list, sorted, spread over the quad: entry q * TR + r
+	// is (ls[hf][r], li[hf][r]) of lane q; entries past KP are padding.
+	// thr_* is entry KP - 1 (the one a newcomer must beat), in every lane.
 	int nrow[2];
+	float ls[2][TR], thr_s[2];
+	int li[2][TR], thr_id[2];
 #pragma unroll
-	for (int hf = 0; hf < 2; hf++)
+	for (int hf = 0; hf < 2; hf++) {
 		nrow[hf] = valid[hf] ? topk_visible_blocks(prow[hf]) : 0;
-	const int onrow = ovalid ? (own ? nrow[1] : nrow[0]) : 0;
-	float thr_s = -MSA_INF;	// the list's last entry
-	int thr_id = 0x7fffffff;
-	if (MSA_KP > 0 && own < 2)
-		for (int j = 0; j < MSA_KP; j++) {
-			lsc[j * BM + orow] = -MSA_INF;
-			lid[j * BM + orow] = 0x7fffffff;
+		thr_s[hf] = -MSA_INF;
+		thr_id[hf] = 0x7fffffff;
+#pragma unroll
+		for (int r = 0; r < TR; r++) {
+			ls[hf][r] = -MSA_INF;
+			li[hf][r] = 0x7fffffff;
 		}
+	}
+	const int thr_lane = (lane & ~3) | ((MSA_KP_ALLOC - 1) / TR);
 #endif
 	const float sc = score_scale;	// native fp8 products: no widening to undo
 	const u32 qtile = sq + cw * 64 * 128;
@@ -200,43 +214,48 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 			m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
 			bs[hf] = m * sc;	// sc > 0: -inf stays -inf
 		}
-		if (!ovalid)
-			return;
 		const int b = it;
-		const float mine = own ? bs[1] : bs[0];
 #if MSA_WRITE_SCORES
-		if (b < nb_stride)
-			scores[((size_t)(orow % HI) * total_q + q0 + m0 + orow / HI) * nb_stride + b] = mine;
+		if (ovalid && b < nb_stride)
+			scores[((size_t)(orow % HI) * total_q + q0 + m0 + orow / HI) * nb_stride + b] =
+				own ? bs[1] : bs[0];
 #else
-		if (MSA_KP > 0 && b >= MSA_SINK && b < onrow - MSA_LOCAL) {
-			const float v = topk_rank(mine);
-			if (topk_beats(v, b, thr_s, thr_id)) {
-				// (v, b) displaces the last entry: read the list at once
-				// (independent loads), count the entries that stay ahead,
-				// shift the rest down by one.
-				float *ls = lsc + orow;
-				int *li = lid + orow;
-				float es[MSA_KP_ALLOC];
-				int eb[MSA_KP_ALLOC], at = 0;
+		if (MSA_KP == 0)
+			return;
+		float v[2];
+		bool want[2];
 #pragma unroll
-				for (int q = 0; q < MSA_KP; q++) {
-					es[q] = ls[q * BM];
-					eb[q] = li[q * BM];
+		for (int hf = 0; hf < 2; hf++) {
+			v[hf] = topk_rank(bs[hf]);
+			want[hf] = b >= MSA_SINK && b < nrow[hf] - MSA_LOCAL &&
+				   topk_beats(v[hf], b, thr_s[hf], thr_id[hf]);
+		}
+		// The whole warp inserts when any of its rows must (the shuffles
+		// need every lane); a row that must not keeps its list.
+		if (!__any_sync(0xffffffffu, want[0] || want[1]))
+			return;
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++) {
+			bool stay[TR];	// entry r stays ahead of (v, b): monotone, true first
+#pragma unroll
+			for (int r = 0; r < TR; r++)
+				stay[r] = !want[hf] || topk_beats(ls[hf][r], li[hf][r], v[hf], b);
+			// The entry just before this lane's first: the previous lane's last.
+			const float ps = __shfl_up_sync(0xffffffffu, ls[hf][TR - 1], 1, 4);
+			const int pi = __shfl_up_sync(0xffffffffu, li[hf][TR - 1], 1, 4);
+			const bool pstay = own == 0 || !want[hf] || topk_beats(ps, pi, v[hf], b);
+#pragma unroll
+			for (int r = TR - 1; r >= 0; r--) {
+				const bool prev_stays = r ? stay[r - 1] : pstay;
+				const float es = r ? ls[hf][r - 1] : ps;
+				const int eb = r ? li[hf][r - 1] : pi;
+				if (!stay[r]) {	// (v, b) lands here or further up: shift
+					ls[hf][r] = prev_stays ? v[hf] : es;
+					li[hf][r] = prev_stays ? b : eb;
 				}
-#pragma unroll
-				for (int q = 0; q < MSA_KP; q++)
-					at += topk_beats(es[q], eb[q], v, b);
-#pragma unroll
-				for (int q = MSA_KP - 1; q > 0; q--)
-					if (q > at) {
-						ls[q * BM] = es[q - 1];
-						li[q * BM] = eb[q - 1];
-					}
-				ls[at * BM] = v;
-				li[at * BM] = b;
-				thr_s = at == MSA_KP - 1 ? v : es[MSA_KP > 1 ? MSA_KP - 2 : 0];
-				thr_id = at == MSA_KP - 1 ? b : eb[MSA_KP > 1 ? MSA_KP - 2 : 0];
 			}
+			thr_s[hf] = __shfl_sync(0xffffffffu, ls[hf][(MSA_KP_ALLOC - 1) % TR], thr_lane);
+			thr_id[hf] = __shfl_sync(0xffffffffu, li[hf][(MSA_KP_ALLOC - 1) % TR], thr_lane);
 		}
 #endif
 	};
@@ -277,8 +296,6 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	}
 
 #if MSA_WRITE_SCORES
-	(void)lsc;
-	(void)lid;
 	// Blocks nb .. nb_stride-1: no row of this CTA sees them.
 	for (int x = 0; x < 16 && ks == 0; x++) {
 		const int row = cw * 64 + warp * 16 + x, i = m0 + row / HI;
@@ -289,7 +306,14 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 			srow[b] = -MSA_INF;
 	}
 #else
-	__syncwarp();	// the lists written by lane%4 == 0 are visible to the quad
+	// Stage each row's list in shared memory, then the quad writes the row.
+#pragma unroll
+	for (int hf = 0; hf < 2; hf++)
+#pragma unroll
+		for (int r = 0; r < TR; r++)
+			if (own * TR + r < MSA_KP)
+				lid[(own * TR + r) * BM + rr0 + hf * 8] = li[hf][r];
+	__syncwarp();
 #pragma unroll
 	for (int hf = 0; hf < 2; hf++) {
 		if (!valid[hf])

@@ -159,20 +159,20 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	const bool ovalid = own < 2 && (own ? valid[1] : valid[0]);
 #else
 	// Each row's top-KP list, sorted, spread over the quad: entry q * TR + r
-	// is (ls[hf][r], li[hf][r]) of lane q; entries past KP are padding.
-	// thr_* is entry KP - 1 (the one a newcomer must beat), in every lane.
-	int nrow[2];
-	float ls[2][TR], thr_s[2];
-	int li[2][TR], thr_id[2];
+	// is (lk[hf][r], li[hf][r]) of lane q, its score as topk_key; entries
+	// past KP are padding, TOPK_KEY_NONE keys are empty slots.  A row's blocks
+	// come in ascending order, so a newcomer ranks after every entry of an
+	// equal score: entry e stays ahead of it iff key(e) >= its key.  thr is
+	// entry KP - 1's key (the one a newcomer must exceed), in every lane.
+	int nrow[2], lk[2][TR], li[2][TR], thr[2];
 #pragma unroll
 	for (int hf = 0; hf < 2; hf++) {
 		nrow[hf] = valid[hf] ? topk_visible_blocks(prow[hf]) : 0;
-		thr_s[hf] = -MSA_INF;
-		thr_id[hf] = 0x7fffffff;
+		thr[hf] = TOPK_KEY_NONE;
 #pragma unroll
 		for (int r = 0; r < TR; r++) {
-			ls[hf][r] = -MSA_INF;
-			li[hf][r] = 0x7fffffff;
+			lk[hf][r] = TOPK_KEY_NONE;
+			li[hf][r] = -1;
 		}
 	}
 	const int thr_lane = (lane & ~3) | ((MSA_KP_ALLOC - 1) / TR);
@@ -198,10 +198,16 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 #pragma unroll
 		for (int hf = 0; hf < 2; hf++) {
 			float m = -MSA_INF;
-			if (n0 + BK - 1 <= prow[hf]) {
+			if (n0 + BK - 1 <= prow[hf]) {	// a tree: 5 dependent steps, not 16
+				float t[8];
 #pragma unroll
-				for (int c = 0; c < 16; c++)
-					m = fmaxf(m, fmaxf(S[c][2 * hf], S[c][2 * hf + 1]));
+				for (int c = 0; c < 8; c++)
+					t[c] = fmaxf(fmaxf(S[c][2 * hf], S[c][2 * hf + 1]),
+						     fmaxf(S[c + 8][2 * hf], S[c + 8][2 * hf + 1]));
+#pragma unroll
+				for (int c = 0; c < 4; c++)
+					t[c] = fmaxf(t[c], t[c + 4]);
+				m = fmaxf(fmaxf(t[0], t[2]), fmaxf(t[1], t[3]));
 			} else {
 #pragma unroll
 				for (int c = 0; c < 16; c++)
@@ -222,13 +228,13 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 #else
 		if (MSA_KP == 0)
 			return;
-		float v[2];
+		int v[2];
 		bool want[2];
 #pragma unroll
 		for (int hf = 0; hf < 2; hf++) {
-			v[hf] = topk_rank(bs[hf]);
-			want[hf] = b >= MSA_SINK && b < nrow[hf] - MSA_LOCAL &&
-				   topk_beats(v[hf], b, thr_s[hf], thr_id[hf]);
+			v[hf] = topk_key(bs[hf]);
+			want[hf] = b >= MSA_SINK && b < nrow[hf] - MSA_LOCAL && v[hf] > thr[hf];
+			v[hf] = want[hf] ? v[hf] : TOPK_KEY_NONE;	// TOPK_KEY_NONE: every entry stays
 		}
 		// The whole warp inserts when any of its rows must (the shuffles
 		// need every lane); a row that must not keeps its list.
@@ -239,23 +245,22 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 			bool stay[TR];	// entry r stays ahead of (v, b): monotone, true first
 #pragma unroll
 			for (int r = 0; r < TR; r++)
-				stay[r] = !want[hf] || topk_beats(ls[hf][r], li[hf][r], v[hf], b);
+				stay[r] = lk[hf][r] >= v[hf];
 			// The entry just before this lane's first: the previous lane's last.
-			const float ps = __shfl_up_sync(0xffffffffu, ls[hf][TR - 1], 1, 4);
+			const int pk = __shfl_up_sync(0xffffffffu, lk[hf][TR - 1], 1, 4);
 			const int pi = __shfl_up_sync(0xffffffffu, li[hf][TR - 1], 1, 4);
-			const bool pstay = own == 0 || !want[hf] || topk_beats(ps, pi, v[hf], b);
+			const bool pstay = own == 0 || pk >= v[hf];
 #pragma unroll
 			for (int r = TR - 1; r >= 0; r--) {
 				const bool prev_stays = r ? stay[r - 1] : pstay;
-				const float es = r ? ls[hf][r - 1] : ps;
+				const int ek = r ? lk[hf][r - 1] : pk;
 				const int eb = r ? li[hf][r - 1] : pi;
 				if (!stay[r]) {	// (v, b) lands here or further up: shift
-					ls[hf][r] = prev_stays ? v[hf] : es;
+					lk[hf][r] = prev_stays ? v[hf] : ek;
 					li[hf][r] = prev_stays ? b : eb;
 				}
 			}
-			thr_s[hf] = __shfl_sync(0xffffffffu, ls[hf][(MSA_KP_ALLOC - 1) % TR], thr_lane);
-			thr_id[hf] = __shfl_sync(0xffffffffu, li[hf][(MSA_KP_ALLOC - 1) % TR], thr_lane);
+			thr[hf] = __shfl_sync(0xffffffffu, lk[hf][(MSA_KP_ALLOC - 1) % TR], thr_lane);
 		}
 #endif
 	};

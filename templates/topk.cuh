@@ -23,6 +23,17 @@ __device__ __forceinline__ float topk_rank(float s)
 	return (__float_as_uint(s) & 0x7fffffffu) > 0x7f800000u ? -MSA_INF : s;
 }
 
+// A score as an int with the same order: key(a) > key(b) iff a > b as
+// floats, -0 and +0 equal, NaN as -inf; every key is above TOPK_KEY_NONE,
+// which can mark an empty list slot.
+#define TOPK_KEY_NONE ((int)0x80000000)
+__device__ __forceinline__ int topk_key(float s)
+{
+	int i = __float_as_int(topk_rank(s));
+	i = i == (int)0x80000000 ? 0 : i;
+	return i ^ ((i >> 31) & 0x7fffffff);
+}
+
 // Does candidate (s, b) come strictly before (es, eb) in the order?  Scores
 // must already have gone through topk_rank.
 __device__ __forceinline__ bool topk_beats(float s, int b, float es, int eb)

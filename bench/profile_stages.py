@@ -3,7 +3,7 @@ the MSA prefill (index + top-k, gather, KV-outer sparse, combine) and of MSA
 decode, on random inputs as in compare.py.
 
     python3 bench/profile_stages.py [--prefill 32768,131072] [--ws-mib 1024]
-                                    [--decode 1x1048576,8x131072,32x131072]
+                                    [--decode 1x1048576,8x131072,32x131072] [--spec FILE]
 """
 import argparse
 import collections
@@ -63,8 +63,9 @@ def main():
     ap.add_argument("--prefill", default="32768,131072", help="token counts ('' for none)")
     ap.add_argument("--ws-mib", type=int, default=1024, help="KV-outer workspace per pass")
     ap.add_argument("--decode", default="1x1048576,8x131072,32x131072", help="BATCHxCONTEXT list ('' for none)")
+    ap.add_argument("--spec", default=SPEC, help="layer spec (default: MiniMax-M3)")
     args = ap.parse_args()
-    layer = msagen.load(SPEC)
+    layer = msagen.load(args.spec)
     for n in filter(None, args.prefill.split(",")):
         prefill(layer, int(n), args.ws_mib)
     for bc in filter(None, args.decode.split(",")):

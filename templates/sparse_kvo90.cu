@@ -6,6 +6,13 @@
 // and the block's 128 keys of K and V arrive by cp.async in the 128-byte
 // swizzled layout (hopper.cuh); S = Q K^T and O = P V are wgmma chains with
 // P in registers.  One block per tile means one softmax pass, no rescaling.
+// The CTA first reads where each of its tiles comes from (tile, key and
+// request metadata, the queries' list entries) into shared memory, all
+// tiles at once, so no tile waits on a chain of dependent global loads;
+// then the next tile's loads start as soon as this tile is done with a
+// buffer: its Q rows (and K, for a new key) once S = Q K^T is in
+// registers, its V (for a new key) once O = P V is, so the gathers
+// overlap the softmax, the products and the partial stores.
 // Each row writes its partial (o in bf16, lse in fp32) for (query, slot) in
 // msa_combine's mode-2 layout: sparse_kvo.cu's, at half the bytes.
 #include "attn.cuh"
@@ -28,7 +35,8 @@ static_assert(MSA_DT_Q == MSA_DT_KV && MSA_DT_Q != 2, "sparse_kvo90: q and kv of
 static_assert(BK == 128 && G <= 128 && 128 % G == 0, "sparse_kvo90: block 128, G a power of two <= 128");
 static_assert(D == 64 || D == 128, "sparse_kvo90: head dim 64 or 128");
 #ifdef MSA_SMEM_BYTES
-static_assert(1024 + 3 * TBYTES + 8 * QT <= MSA_SMEM_BYTES, "sparse_kvo90: shared memory too small");
+#define MW 10	// ints of tile metadata
+static_assert(1024 + 3 * TBYTES + 4 * TPC * (MW + 2 * QT) <= MSA_SMEM_BYTES, "sparse_kvo90: shared memory too small");
 #endif
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 2)
@@ -43,58 +51,84 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 {
 	extern __shared__ __align__(1024) unsigned char smem_raw[];
 	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u, sk = sq + TBYTES, sv = sk + TBYTES;
-	int *ent = reinterpret_cast<int *>(smem_raw + (sv + TBYTES - smem_u32(smem_raw)));	// t * K + slot
-	int *pos = ent + QT;	// last key each query sees
+	// Per tile j of this CTA: MW ints of metadata (key, group, request, block
+	// in the request, request's first key, end of the block's keys, first
+	// list index, queries, position shift), then QT list entries (t * K +
+	// slot, -1 past the last query) and QT last-visible keys.
+	int *meta = reinterpret_cast<int *>(smem_raw + (sv + TBYTES - smem_u32(smem_raw)));
+	int *ents = meta + TPC * MW, *poss = ents + TPC * QT;
 	const int tbeg = blockIdx.x * TPC, tend = min(tbeg + TPC, ntiles[0]);
 	const int cw = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
 	const int row_a = cw * 64 + warp * 16 + lane / 4;	// this thread's rows row_a, row_a + 8
 	constexpr size_t qstride = (size_t)MSA_HQ * D * 2;
-	int cur = -1;	// the key whose K and V are in shared memory
-	for (int ti = tbeg; ti < tend; ti++) {
-		const int2 tl = tiles[ti];
-		const int key = tl.x, first = tl.y;
-		const int nq = min(QT, start[key] + count[key] - first);
-		const int g = key / nbt, gb = key % nbt;
+	if (tbeg >= tend)
+		return;
+
+	if (threadIdx.x < tend - tbeg) {
+		int *m = meta + threadIdx.x * MW;
+		const int2 tl = tiles[tbeg + threadIdx.x];
+		const int key = tl.x, gb = key % nbt;
 		const int r = find_request(blk_off, batch, gb);	// last request with blk_off <= gb
 		const int b = gb - blk_off[r], q0 = cu_q[r], q_len = cu_q[r + 1] - q0;
 		const int k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
-		const int kend = min(kv_len, b * BK + BK);
+		m[0] = key;
+		m[1] = key / nbt;
+		m[2] = r;
+		m[3] = b;
+		m[4] = k0;
+		m[5] = min(kv_len, b * BK + BK);
+		m[6] = tl.y;
+		m[7] = min(QT, start[key] + count[key] - tl.y);
+		m[8] = kv_len - q_len - q0;	// last visible key of token t: t + shift
+	}
+	__syncthreads();
+	for (int x = threadIdx.x; x < (tend - tbeg) * QT; x += NTHREADS) {
+		const int *m = meta + x / QT * MW;
+		const int i = x % QT;
+		const int e = i < m[7] ? list[m[6] + i] : -1;
+		ents[x] = e;
+		poss[x] = e < 0 ? -1 : e / K + m[8];
+	}
+	__syncthreads();
 
-		__syncthreads();	// the previous tile is done with every buffer
-		// Queries and the last key each sees; K and V rows past kend load as 0.
-		if (threadIdx.x < QT) {
-			const int e = threadIdx.x < nq ? list[first + threadIdx.x] : -1;
-			ent[threadIdx.x] = e;
-			pos[threadIdx.x] = e < 0 ? -1 : kv_len - q_len + (e / K - q0);
-		}
-		auto kvrow = [&](const elem_t *base) {
-			return [=](int rr) -> const elem_t * {
-				int j = b * BK + rr;
-				if (j >= kend)
-					return nullptr;
-				if (!page_table)
-					return base + ((size_t)(k0 + j) * MSA_HKV + g) * D * 2;
-				size_t page = (size_t)page_table[(size_t)r * pt_stride + b];
-				return base + ((page * MSA_HKV + g) * BK + rr) * D * 2;
-			};
-		};
-		// The list entry of row i's query, read straight from the list (ent is
-		// not yet visible to every thread).
-		load_sw128<128, D, NTHREADS>(sq, q, [&](int row) -> const elem_t * {
-			int i = row / G;
-			if (i >= nq)
+	// K or V rows of tile j; rows past the block's end load as 0.
+	auto load_kv = [&](u32 dst, int j, const elem_t *base) {
+		const int *m = meta + j * MW;
+		const int g = m[1], r = m[2], b = m[3], k0 = m[4], kend = m[5];
+		load_sw128<128, D, NTHREADS>(dst, q, [&](int rr) -> const elem_t * {
+			const int jj = b * BK + rr;
+			if (jj >= kend)
 				return nullptr;
-			return q + (size_t)(list[first + i] / K) * qstride + (size_t)(g * G + row % G) * D * 2;
+			if (!page_table)
+				return base + ((size_t)(k0 + jj) * MSA_HKV + g) * D * 2;
+			const size_t page = (size_t)page_table[(size_t)r * pt_stride + b];
+			return base + ((page * MSA_HKV + g) * BK + rr) * D * 2;
 		});
-		const bool reload = key != cur;	// consecutive tiles mostly share a key
-		if (reload)
-			load_sw128<128, D, NTHREADS>(sk, q, kvrow(k));
-		cp_async_commit();
-		if (reload)
-			load_sw128<128, D, NTHREADS>(sv, q, kvrow(v));
-		cp_async_commit();
-		cur = key;
-		cp_async_wait<1>();
+	};
+	// Q rows of tile j: its queries' G heads of the group.
+	auto load_q = [&](int j) {
+		const int g = meta[j * MW + 1], *ent = ents + j * QT;
+		load_sw128<128, D, NTHREADS>(sq, q, [&](int row) -> const elem_t * {
+			const int e = ent[row / G];
+			if (e < 0)
+				return nullptr;
+			return q + (size_t)(e / K) * qstride + (size_t)(g * G + row % G) * D * 2;
+		});
+	};
+
+	// cp.async groups, in commit order: [Q (+ K) of tile j], [V of tile j]
+	// (empty when K and V stay), so "all but the newest group" is always
+	// the one a wait needs.
+	load_q(0);
+	load_kv(sk, 0, k);
+	cp_async_commit();
+	load_kv(sv, 0, v);
+	cp_async_commit();
+	for (int j = 0; j < tend - tbeg; j++) {
+		const int *m = meta + j * MW, *ent = ents + j * QT, *pos = poss + j * QT;
+		const bool more = j + 1 < tend - tbeg;
+		const bool reload = more && meta[(j + 1) * MW] != m[0];	// consecutive tiles mostly share a key
+		cp_async_wait<1>();	// Q and K of this tile
 		fence_async();
 		__syncthreads();
 
@@ -105,11 +139,19 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		wgmma_commit();
 		wgmma_wait<0>();
 		reg_fence<64>(&sc[0][0]);
+		if (more) {	// the next tile's Q, and K when its key differs
+			__syncthreads();	// every warpgroup is done with Q and K
+			load_q(j + 1);
+			if (reload)
+				load_kv(sk, j + 1, k);
+		}
+		cp_async_commit();
 
 		// One block: one softmax step from an empty state.
+		const int b = m[3], kend = m[5];
 		scale_mask<128>(sc, scale_log2, lane, [&](int half, int col) {
-			const int j = b * BK + col;
-			return j <= lim[half] && j < kend;
+			const int jj = b * BK + col;
+			return jj <= lim[half] && jj < kend;
 		});
 		row_state st;
 		row_state_init(st);
@@ -117,7 +159,7 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		float alpha[2];	// 0: nothing to rescale
 		softmax_step<128, MSA_DT_Q>(sc, st, pa, alpha);
 
-		cp_async_wait<0>();
+		cp_async_wait<1>();	// V of this tile
 		fence_async();
 		__syncthreads();
 		float o[D / 8][4];
@@ -126,9 +168,13 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		wgmma_commit();
 		wgmma_wait<0>();
 		reg_fence<D / 2>(&o[0][0]);
-		// the group again (not kept live across P V: registers are tight)
-		const int gs = __ldcg(&tiles[ti].x) / nbt;
+		if (reload) {	// every warpgroup must be done with V first
+			__syncthreads();
+			load_kv(sv, j + 1, v);
+		}
+		cp_async_commit();
 
+		const int g = m[1];
 #pragma unroll
 		for (int half = 0; half < 2; half++) {
 			float inv;
@@ -136,8 +182,8 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 			const int row = row_a + half * 8, en = ent[row / G];	// -1: no query
 			if (en < 0)
 				continue;
-			const int t = en / K, slot = en % K;
-			const size_t at = (((size_t)(t - t0) * MSA_HKV + gs) * K + slot) * G + row % G;
+			const int tq = en / K, slot = en % K;
+			const size_t at = (((size_t)(tq - t0) * MSA_HKV + g) * K + slot) * G + row % G;
 			store_row<D, 0>(o, half, inv * out_scale, part_o + at * D, lane);
 			if (lane % 4 == 0)
 				part_lse[at] = l;

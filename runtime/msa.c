@@ -349,10 +349,12 @@ int msa_topk(msa_plan *p, const float *scores, int32_t *ids, void *stream)
 {
 	NEED(p, "msa_topk", "scores ids", scores, ids);
 	int nbs = p->nb_max, rows = p->mod->layer.heads_kv * p->total_q;
-	void *args[] = {&scores, &nbs, &p->cu_q, &p->cu_kv, &p->batch, &p->total_q, &ids};
+	/* Few long rows (decode): a CTA per row, else a warp per row. */
+	int coop = p->nb_max >= 256 && rows <= 2 * p->mod->sms;
+	void *args[] = {&scores, &nbs, &p->cu_q, &p->cu_kv, &p->batch, &p->total_q, &ids, &coop};
 	if (rows == 0)
 		return MSA_OK;
-	return msa_launch(p->mod->ctx, p->k_topk, (unsigned)((rows + 3) / 4), 1, 1, args, stream);
+	return msa_launch(p->mod->ctx, p->k_topk, (unsigned)(coop ? rows : (rows + 3) / 4), 1, 1, args, stream);
 }
 
 /* One KV-outer pass over queries [t0, t1): gather lists, scan, fill,

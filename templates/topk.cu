@@ -1,11 +1,13 @@
 // topk.cu - standalone top-k over a block-score tensor (MSA.md section 2).
 //
-// One warp per row (index head h, token t); the order is score descending,
+// One warp per row (index head h, token t), or with coop = 1 (few long
+// rows: decode) the CTA's four warps on one row; the order is score descending,
 // id ascending, NaN as -inf.  First a threshold: each lane's best candidate,
 // and the KP-th best of those 32 (at least KP candidates are at or above
 // it).  A second pass compacts the few candidates at or above it into
 // shared memory, where each is ranked against the others.  If too many tie
-// with the threshold (TOPK_CAP), the row falls back to per-lane sorted
+// with the threshold (TOPK_CAP), the row falls back (in a coop CTA: its
+// first warp) to per-lane sorted
 // register lists merged by KP warp arg-max rounds, and rows with KP > 32 use
 // KP passes of a warp arg-max over the whole row (registers would not hold
 // the lists).  Only scores[0..n-1] of a row are read.
@@ -72,15 +74,80 @@ __device__ __forceinline__ bool threshold_select(const float *srow, int c0, int 
 	return true;
 }
 
+// threshold_select for the whole CTA on one row: the threshold is the
+// KP-th best of the 128 thread bests, every candidate at or above it goes to
+// cs/ci (TOPK_WARPS * TOPK_CAP of them at most) through a shared counter,
+// and each is ranked against the others.  Call from every thread.
+__device__ __forceinline__ bool cta_threshold_select(const float *srow, int c0, int c1, int *pick,
+						     float *cs, int *ci, float *bs, int *bi, int *misc)
+{
+	constexpr int NT = TOPK_WARPS * 32, CAP = TOPK_WARPS * TOPK_CAP;
+	const int tid = threadIdx.x;
+	float ms = -MSA_INF;
+	int mi = 0x7fffffff;
+#pragma unroll 8
+	for (int b = c0 + tid; b < c1; b += NT) {
+		float s = topk_rank(__ldg(srow + b));
+		if (topk_beats(s, b, ms, mi)) {
+			ms = s;
+			mi = b;
+		}
+	}
+	bs[tid] = ms;
+	bi[tid] = mi;
+	if (tid == 0)
+		misc[0] = 0;
+	__syncthreads();
+	// More than KP candidates: at least KP thread bests are real and have
+	// distinct ranks; empty ones, (-inf, INT_MAX), rank after them all.
+	int rk = 0;
+	for (int o = 0; o < NT; o++)
+		rk += topk_beats(bs[o], bi[o], ms, mi);
+	if (rk == MSA_KP - 1) {
+		misc[1] = __float_as_int(ms);
+		misc[2] = mi;
+	}
+	__syncthreads();
+	const float ts = __int_as_float(misc[1]);
+	const int ti = misc[2];
+#pragma unroll 4
+	for (int b = c0 + tid; b < c1; b += NT) {
+		const float s = topk_rank(__ldg(srow + b));
+		if (topk_beats(s, b, ts, ti) || b == ti) {
+			const int pos = atomicAdd(&misc[0], 1);
+			if (pos < CAP) {
+				cs[pos] = s;
+				ci[pos] = b;
+			}
+		}
+	}
+	__syncthreads();
+	const int count = misc[0];
+	if (count > CAP)
+		return false;
+	for (int e = tid; e < count; e += NT) {
+		const float s = cs[e];
+		const int b = ci[e];
+		int r = 0;
+		for (int f = 0; f < count; f++)
+			r += topk_beats(cs[f], ci[f], s, b);
+		if (r < MSA_KP)
+			pick[r] = b;
+	}
+	__syncthreads();
+	return true;
+}
+
 extern "C" __global__ void __launch_bounds__(TOPK_WARPS * 32)
 msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict__ cu_q,
-	 const int *__restrict__ cu_kv, int batch, int total_q, int *__restrict__ ids)
+	 const int *__restrict__ cu_kv, int batch, int total_q, int *__restrict__ ids, int coop)
 {
 	__shared__ int pick[TOPK_WARPS][MSA_KP_ALLOC];
 	__shared__ float cand_s[TOPK_WARPS][TOPK_CAP];
 	__shared__ int cand_i[TOPK_WARPS][TOPK_CAP];
 	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-	const long long row = (long long)blockIdx.x * TOPK_WARPS + warp;	// h * total_q + t
+	// h * total_q + t
+	const long long row = coop ? (long long)blockIdx.x : (long long)blockIdx.x * TOPK_WARPS + warp;
 	if (batch <= 0 || total_q <= 0 || row >= (long long)MSA_HKV * total_q)
 		return;
 	const int t = (int)(row % total_q);
@@ -93,8 +160,17 @@ msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict_
 	int *dst = ids + (size_t)row * MSA_TOPK;
 
 	bool done = false;
-	if (MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK)
+	if (coop) {	// n is uniform over the CTA
+		__shared__ float best_s[TOPK_WARPS * 32];
+		__shared__ int best_i[TOPK_WARPS * 32], misc[3];
+		if (MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK)
+			done = cta_threshold_select(srow, MSA_SINK, n - MSA_LOCAL, pick[0], &cand_s[0][0],
+						    &cand_i[0][0], best_s, best_i, misc);
+		if (warp > 0)	// the first warp writes the row (and runs a fallback)
+			return;
+	} else if (MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK) {
 		done = threshold_select(srow, MSA_SINK, n - MSA_LOCAL, pick[warp], cand_s[warp], cand_i[warp], lane);
+	}
 	if (!done && MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK) {
 		const int c0 = MSA_SINK, c1 = n - MSA_LOCAL;	// candidates c0..c1-1
 		float ls[MSA_KP_ALLOC];

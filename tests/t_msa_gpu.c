@@ -71,50 +71,65 @@ static void check_plan_errors(gpu_env *env)
 }
 
 /* Scores with few distinct values: the threshold select ranks ties, and
- * with three levels over 1024 blocks far more than its capacity tie, so the
- * fallback path runs; both must match the reference exactly. */
+ * with few levels far more candidates tie than it can hold, so the fallback
+ * path runs; both must match the reference exactly.  64 rows take the
+ * CTA-per-row path (few long rows, as in decode), 600 the warp-per-row one;
+ * 2 levels over 4096 blocks overflow even the CTA's candidate store. */
 static void check_topk_ties(gpu_env *env, ref_rng *rng)
 {
 	static const char text[] = "layer { name = 't', heads = { q = 2, kv = 1 }, head_dim = 64, block = 64, topk = 16 }";
-	int cq[2] = {0, 64}, ck[2] = {0, 65536};
+	static const struct {
+		int rows, kv, levels;
+		const char *path;
+	} cfg[] = {
+		{64, 65536, 3, "CTA per row"},
+		{64, 65536, 9, "CTA per row"},
+		{64, 262144, 2, "CTA per row, overflow fallback"},
+		{600, 65536, 3, "warp per row, fallback"},
+		{600, 65536, 9, "warp per row"},
+	};
 	msa_spec *s;
 	msa_module *m;
-	msa_plan *p;
-	msa_batch b = {0};
-	b.batch = 1;
-	b.cu_q = cq;
-	b.cu_kv = ck;
 	msa_spec_load_string("t.lua", text, sizeof text - 1, &s, env->err, sizeof env->err);
-	if (msa_module_new(env->ctx, &s->layers[0], &m) || msa_plan_new(m, &b, &p))
+	if (msa_module_new(env->ctx, &s->layers[0], &m))
 		bail("%s", msa_ctx_error(env->ctx));
-	ref_batch rb = {1, cq, ck};
-	int nb = msa_plan_nb_max(p);
-	size_t ns = (size_t)64 * nb;
-	for (int levels = 3; levels <= 9; levels += 6) {
+	for (int c = 0; c < MSA_COUNT(cfg); c++) {
+		const int nq = cfg[c].rows, levels = cfg[c].levels;
+		int cq[2] = {0, nq}, ck[2] = {0, cfg[c].kv};
+		msa_plan *p;
+		msa_batch b = {0};
+		b.batch = 1;
+		b.cu_q = cq;
+		b.cu_kv = ck;
+		if (msa_plan_new(m, &b, &p))
+			bail("%s", msa_ctx_error(env->ctx));
+		ref_batch rb = {1, cq, ck};
+		const size_t ns = (size_t)nq * msa_plan_nb_max(p);
 		double *rs = malloc(sizeof(double) * ns);
 		float *fs = malloc(sizeof(float) * ns);
-		int32_t *gids = malloc(sizeof(int32_t) * 64 * 16);
+		int32_t *gids = malloc(sizeof(int32_t) * nq * 16);
 		gpu_tensor sc, ids;
 		char msg[256] = "";
 		for (size_t i = 0; i < ns; i++)
 			rs[i] = fs[i] = (float)(floor((ref_uniform(rng) + 1) / 2 * levels) / levels);
 		gpu_alloc(env, &sc, REF_F32, ns);
-		gpu_poison(env, &ids, REF_F32, 64 * 16);
+		gpu_poison(env, &ids, REF_F32, (size_t)nq * 16);
 		env->cu->MemcpyHtoD(sc.dev, fs, ns * 4);
 		int rc = msa_topk(p, (float *)sc.dev, (int32_t *)ids.dev, NULL);
 		if (!rc)
 			rc = gpu_sync(env);
 		if (!rc)
-			gpu_fetch_raw(env, &ids, gids, 64 * 16 * 4);
+			gpu_fetch_raw(env, &ids, gids, (size_t)nq * 16 * 4);
 		ok(!rc && ref_topk_check(gids, rs, &rb, 1, 64, 16, 1, 0, msg, sizeof msg),
-		   "top-k over %d score levels (heavy ties) matches exactly %s", levels, msg);
+		   "top-k of %d rows x %d blocks over %d score levels (%s) matches exactly %s", nq,
+		   msa_plan_nb_max(p), levels, cfg[c].path, msg);
 		gpu_free(env, &sc);
 		gpu_free(env, &ids);
 		free(rs);
 		free(fs);
 		free(gids);
+		msa_plan_free(p);
 	}
-	msa_plan_free(p);
 	msa_module_free(m);
 	msa_spec_free(s);
 }
@@ -143,7 +158,7 @@ int main(void)
 		skip_all("no GPU: %s", env.err);
 	diag("compute capability %d, seed %llu (MSAGEN_SEED repeats it)", env.cc, (unsigned long long)env.seed);
 	rng = ref_rng_new(env.seed);
-	plan(8 + 2 + CHK_STAGES * MSA_COUNT(cases));
+	plan(8 + 5 + CHK_STAGES * MSA_COUNT(cases));
 	check_plan_errors(&env);
 	check_topk_ties(&env, &rng);
 	for (int i = 0; i < MSA_COUNT(cases); i++)

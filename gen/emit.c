@@ -268,7 +268,7 @@ int msa_dense90_sched(const msa_layer *l, int causal, long max_q)
 	char err[8];
 	if (tune_values(l, f, 1, &vals, err, sizeof err) > 0 && vals != &f->tunables[1].def)
 		return vals[0];	/* the spec's choice */
-	return causal && max_q >= 32768 ? MSA_DENSE90_SCHED_LONG_CAUSAL : MSA_DENSE90_SCHED;
+	return max_q >= (causal ? 32768 : 65536) ? MSA_DENSE90_SCHED_LONG : MSA_DENSE90_SCHED;
 }
 
 /* Unknown kernel or parameter names in the spec's tune table are errors. */
@@ -316,9 +316,9 @@ int msa_variants_for_layer(const msa_layer *layer, const char *arch, msa_variant
 				free(vs);
 				return MSA_ESPEC;
 			}
-		/* causal plans pick dense_fwd90's schedule by length: build both */
-		static const int both_scheds[] = {MSA_DENSE90_SCHED, MSA_DENSE90_SCHED_LONG_CAUSAL};
-		if (kind == MSA_K_DENSE_FWD90 && layer->causal && vals[1] == &f->tunables[1].def) {
+		/* plans pick dense_fwd90's schedule by length: build both */
+		static const int both_scheds[] = {MSA_DENSE90_SCHED, MSA_DENSE90_SCHED_LONG};
+		if (kind == MSA_K_DENSE_FWD90 && vals[1] == &f->tunables[1].def) {
 			vals[1] = both_scheds;
 			nv[1] = 2;
 		}

@@ -176,10 +176,10 @@ int msa_variants_for_layer(const msa_layer *layer, const char *arch,
 			   msa_variant **out, int *n, char *err, size_t errlen);
 /* dense_fwd90's schedule (tunable "sched": bit 0 ping-pong, bit 1
  * persistent) for a plan: the first the spec lists, else 3, or 0 for
- * causal requests of >= 32K queries, the faster of the two on the H100 at
- * those lengths (bench/NOTES.md); causal layers build both. */
+ * requests of >= 32K queries (causal) or >= 64K (not), the faster of the
+ * two on the H100 at those lengths (bench/NOTES.md); layers build both. */
 int msa_dense90_sched(const msa_layer *l, int causal, long max_q);
-enum { MSA_DENSE90_SCHED = 3, MSA_DENSE90_SCHED_LONG_CAUSAL = 0 };
+enum { MSA_DENSE90_SCHED = 3, MSA_DENSE90_SCHED_LONG = 0 };
 /* Generate the CUDA source: prelude of constants, then the template after a
  * #line.  *src is malloc'ed and NUL-terminated. */
 int msa_emit(const msa_variant *v, char **src, size_t *len, char *err, size_t errlen);

@@ -58,8 +58,8 @@ static void check_variants(const msa_spec *s)
 		  "readable variant name");
 	free(vs);
 	ok(msa_variants_for_layer(&s->layers[1], "sm_90a", &vs, &n, err, sizeof err) == MSA_OK &&
-	   n == MSA_K_COUNT && vs[0].kind == MSA_K_DENSE_FWD,
-	   "no tune table: one default variant per kernel family");
+	   n == MSA_K_COUNT + 1 && vs[0].kind == MSA_K_DENSE_FWD,
+	   "no tune table: one default variant per kernel family (dense_fwd90: two schedules)");
 	msa_variant_name(&vs[0], name, sizeof name);
 	like(name, "dense_fwd.fp16.fp16.hq16.hkv1.d128.bk128.full.", "fp16 non-causal name");
 	free(vs);
@@ -245,8 +245,8 @@ static void check_hopper_support(void)
 	}
 }
 
-/* dense_fwd90's schedule: causal layers build both the default and the
- * one long causal requests take; a spec's own list replaces both. */
+/* dense_fwd90's schedule: layers build both the default and the one long
+ * requests take; a spec's own list replaces both. */
 static void check_dense90_scheds(void)
 {
 	static const char *const texts[] = {
@@ -254,7 +254,7 @@ static void check_dense90_scheds(void)
 		"layer { name = 'n', heads = { q = 8, kv = 2 }, head_dim = 128, causal = false }",
 		"layer { name = 'p', heads = { q = 8, kv = 2 }, head_dim = 128, tune = { dense_fwd90 = { sched = { 1 } } } }",
 	};
-	static const char *const want[] = {"30", "3", "1"};
+	static const char *const want[] = {"30", "30", "1"};
 	for (int t = 0; t < 3; t++) {
 		msa_spec *sp = load(texts[t]);
 		msa_variant *vs;
@@ -270,7 +270,8 @@ static void check_dense90_scheds(void)
 		const msa_layer *l = &sp->layers[0];
 		if (t == 0)
 			ok(msa_dense90_sched(l, 1, 32768) == 0 && msa_dense90_sched(l, 1, 32767) == 3 &&
-			   msa_dense90_sched(l, 0, 1 << 20) == 3, "long causal plans take schedule 0, the rest 3");
+			   msa_dense90_sched(l, 0, 65536) == 0 && msa_dense90_sched(l, 0, 65535) == 3,
+			   "long plans (32K causal, 64K not) take schedule 0, the rest 3");
 		if (t == 2)
 			ok(msa_dense90_sched(l, 1, 1 << 20) == 1 && msa_dense90_sched(l, 0, 100) == 1,
 			   "a spec's schedule wins");

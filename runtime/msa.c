@@ -61,7 +61,9 @@ static int plan_kernels(msa_plan *p)
 	return MSA_OK;
 }
 
-/* Few (query, group) pairs leave the GPU idle: split the k slots. */
+/* Few (query, group) pairs leave the GPU idle: split the k slots, up to
+ * two CTAs per SM (one wave: a second wave would double the latency of
+ * these short CTAs). */
 static int pick_nsplit(const msa_plan *p, int want)
 {
 	const msa_layer *l = &p->mod->layer;
@@ -69,7 +71,7 @@ static int pick_nsplit(const msa_plan *p, int want)
 	int n = 1;
 	if (want > 0)
 		return want < l->topk ? want : l->topk;
-	while (n < l->topk && ctas * n < 2L * p->mod->sms)
+	while (n < l->topk && ctas * n * 2 <= 2L * p->mod->sms)
 		n *= 2;
 	return n < l->topk ? n : l->topk;
 }

@@ -16,6 +16,22 @@
 #define TOPK_WARPS 4
 #define TOPK_CAP 256	// candidates a warp may rank in shared memory
 
+// Rank each of the count compacted candidates (cs, ci) against the others
+// (threads first, first + step, ...) and put the KP best in pick[rank].
+__device__ __forceinline__ void rank_candidates(const float *cs, const int *ci, int count, int *pick,
+						int first, int step)
+{
+	for (int e = first; e < count; e += step) {
+		const float s = cs[e];
+		const int b = ci[e];
+		int r = 0;
+		for (int f = 0; f < count; f++)
+			r += topk_beats(cs[f], ci[f], s, b);
+		if (r < MSA_KP)
+			pick[r] = b;
+	}
+}
+
 // Threshold select of the KP best among candidates c0..c1-1 (more than KP
 // of them) into pick[0..KP-1]; false when more than TOPK_CAP candidates
 // reach the threshold (ties), leaving the row to the fallback.
@@ -61,15 +77,7 @@ __device__ __forceinline__ bool threshold_select(const float *srow, int c0, int 
 	if (count > TOPK_CAP)
 		return false;
 	__syncwarp();
-	for (int e = lane; e < count; e += 32) {
-		const float s = cs[e];
-		const int b = ci[e];
-		int r = 0;
-		for (int f = 0; f < count; f++)
-			r += topk_beats(cs[f], ci[f], s, b);
-		if (r < MSA_KP)
-			pick[r] = b;
-	}
+	rank_candidates(cs, ci, count, pick, lane, 32);
 	__syncwarp();
 	return true;
 }
@@ -125,15 +133,7 @@ __device__ __forceinline__ bool cta_threshold_select(const float *srow, int c0, 
 	const int count = misc[0];
 	if (count > CAP)
 		return false;
-	for (int e = tid; e < count; e += NT) {
-		const float s = cs[e];
-		const int b = ci[e];
-		int r = 0;
-		for (int f = 0; f < count; f++)
-			r += topk_beats(cs[f], ci[f], s, b);
-		if (r < MSA_KP)
-			pick[r] = b;
-	}
+	rank_candidates(cs, ci, count, pick, tid, NT);
 	__syncthreads();
 	return true;
 }

@@ -387,14 +387,21 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	void *g1[] = {&ids, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->total_q, &p->nbt, &t0, &t1,
 		      &one, &p->cursor, &p->start, &p->list};
 	void *sc[] = {&p->cursor, &nkeys, &p->start, &p->tiles, &p->max_tiles, &p->ntiles};
-	void *kv[] = {&q, &k, &v, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->nbt, &pt, &stride,
+	/* sparse_kvo90 takes a tensor map of q first: boxes of 64 columns x
+	 * the group's G heads x one token */
+	CUtensorMap mq;
+	void *kv[] = {&mq, &q, &k, &v, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->nbt, &pt, &stride,
 		      &p->scale_log2, &p->out_scale, &p->start, &p->cursor, &p->list, &p->tiles,
 		      &p->ntiles, &t0, &p->kvo_part, &part_lse};
+	const long qd[3] = {l->head_dim, l->heads_q, p->total_q},
+		   qr[2] = {l->head_dim * 2L, l->head_dim * 2L * l->heads_q};
+	const int qbox[3] = {64, l->group < 256 ? l->group : 256, 1};
 	char *o = (char *)out + (size_t)t0 * l->heads_q * l->head_dim * msa_dtype_size(l->dtype_out);
 	float *ls = lse + (size_t)t0 * l->heads_q;
 	void *cb[] = {&p->kvo_part, &part_lse, &ksel, &rows, &mode, &o, &ls};
 
-	if ((rc = msa_cu_check(cu->MemsetD32Async(p->cursor, 0, (size_t)nkeys, s), "cuMemsetD32Async",
+	if ((p->kvo_bf16 && (rc = msa_tmap(ctx, &mq, q, l->dtype_q, 3, qd, qr, qbox, "q"))) ||
+	    (rc = msa_cu_check(cu->MemsetD32Async(p->cursor, 0, (size_t)nkeys, s), "cuMemsetD32Async",
 			       ctx->err, sizeof ctx->err)) ||
 	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g0, stream)) ||
 	    (rc = msa_launch_fn(ctx, p->k_gather->fn2, "msa_gather_scan", 1, 1, 1, 1024, 0, sc, stream)) ||
@@ -403,7 +410,8 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g1, stream)) ||
 	    (rc = msa_cu_check(cu->MemsetD32Async(part_lse, 0xff800000u, (size_t)rows * l->topk, s),
 			       "cuMemsetD32Async", ctx->err, sizeof ctx->err)) ||
-	    (rc = msa_launch(ctx, p->k_kvo, (unsigned)((p->max_tiles + kvo_tpc - 1) / kvo_tpc), 1, 1, kv, stream)))
+	    (rc = msa_launch(ctx, p->k_kvo, (unsigned)((p->max_tiles + kvo_tpc - 1) / kvo_tpc), 1, 1,
+			     p->kvo_bf16 ? kv : kv + 1, stream)))
 		return rc;
 	return msa_launch(ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cb, stream);
 }

@@ -9,6 +9,9 @@
 // The CTA first reads where each of its tiles comes from (tile, key and
 // request metadata, the queries' list entries) into shared memory, all
 // tiles at once, so no tile waits on a chain of dependent global loads;
+// with G >= 8 one thread gathers a tile's Q rows by TMA (a box of a query's
+// G heads, per 128-byte column block) instead of every thread generating
+// cp.async addresses chunk by chunk;
 // then the next tile's loads start as soon as this tile is done with a
 // buffer: its Q rows (and K, for a new key) once S = Q K^T is in
 // registers, its V (for a new key) once O = P V is, so the gathers
@@ -36,11 +39,12 @@ static_assert(BK == 128 && G <= 128 && 128 % G == 0, "sparse_kvo90: block 128, G
 static_assert(D == 64 || D == 128, "sparse_kvo90: head dim 64 or 128");
 #ifdef MSA_SMEM_BYTES
 #define MW 10	// ints of tile metadata
-static_assert(1024 + 3 * TBYTES + 4 * TPC * (MW + 2 * QT) <= MSA_SMEM_BYTES, "sparse_kvo90: shared memory too small");
+#define QTMA (G >= 8)	// a query's box starts on a 1024-byte swizzle atom
+static_assert(1024 + 3 * TBYTES + 4 * TPC * (MW + 2 * QT) + 8 <= MSA_SMEM_BYTES, "sparse_kvo90: shared memory too small");
 #endif
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 2)
-msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
+msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		 const elem_t *__restrict__ v, const int *__restrict__ cu_q,
 		 const int *__restrict__ cu_kv, const int *__restrict__ blk_off, int batch, int nbt,
 		 const int *__restrict__ page_table, int pt_stride, float scale_log2, float out_scale,
@@ -57,6 +61,7 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	// slot, -1 past the last query) and QT last-visible keys.
 	int *meta = reinterpret_cast<int *>(smem_raw + (sv + TBYTES - smem_u32(smem_raw)));
 	int *ents = meta + TPC * MW, *poss = ents + TPC * QT;
+	const u32 bq = smem_u32(poss + TPC * QT);	// Q landed (TMA), one phase per tile
 	const int tbeg = blockIdx.x * TPC, tend = min(tbeg + TPC, ntiles[0]);
 	const int cw = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
 	const int row_a = cw * 64 + warp * 16 + lane / 4;	// this thread's rows row_a, row_a + 8
@@ -80,6 +85,11 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		m[6] = tl.y;
 		m[7] = min(QT, start[key] + count[key] - tl.y);
 		m[8] = kv_len - q_len - q0;	// last visible key of token t: t + shift
+	}
+	if (QTMA && threadIdx.x == 0) {
+		mbar_init(bq, 1);
+		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+		tma_prefetch_map(&tq);
 	}
 	__syncthreads();
 	for (int x = threadIdx.x; x < (tend - tbeg) * QT; x += NTHREADS) {
@@ -105,9 +115,23 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 			return base + ((page * MSA_HKV + g) * BK + rr) * D * 2;
 		});
 	};
-	// Q rows of tile j: its queries' G heads of the group.
+	// Q rows of tile j: its queries' G heads of the group.  By TMA, rows of
+	// absent queries keep stale values: their rows of S, P and O are
+	// never stored, and no row's softmax reads another's.
 	auto load_q = [&](int j) {
 		const int g = meta[j * MW + 1], *ent = ents + j * QT;
+		if (QTMA) {
+			if (threadIdx.x == 0) {
+				const int nq = meta[j * MW + 7];
+				mbar_expect_tx(bq, (u32)nq * G * D * 2);
+				for (int i = 0; i < nq; i++)
+#pragma unroll
+					for (int a = 0; a < D / 64; a++)
+						tma_load_3d(sq + a * (128 * 128) + i * G * 128, &tq, bq, a * 64, g * G,
+							    ent[i] / K);
+			}
+			return;
+		}
 		load_sw128<128, D, NTHREADS>(sq, q, [&](int row) -> const elem_t * {
 			const int e = ent[row / G];
 			if (e < 0)
@@ -128,8 +152,10 @@ msa_sparse_kvo90(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		const int *m = meta + j * MW, *ent = ents + j * QT, *pos = poss + j * QT;
 		const bool more = j + 1 < tend - tbeg;
 		const bool reload = more && meta[(j + 1) * MW] != m[0];	// consecutive tiles mostly share a key
-		cp_async_wait<1>();	// Q and K of this tile
+		cp_async_wait<1>();	// Q (cp.async) and K of this tile
 		fence_async();
+		if (QTMA)
+			mbar_wait(bq, j & 1);
 		__syncthreads();
 
 		const int lim[2] = {pos[min(row_a / G, QT - 1)], pos[min((row_a + 8) / G, QT - 1)]};

@@ -76,12 +76,6 @@ static int pick_nsplit(const msa_plan *p, int want)
 	return n < l->topk ? n : l->topk;
 }
 
-/* Splits of the index branch grow while the CTAs fill at most 2 / this
- * many waves (the wgmma index CTA holds a whole SM). */
-#ifndef MSA_INDEX_SPLIT_WAVE
-#define MSA_INDEX_SPLIT_WAVE 4
-#endif
-
 /* Few (query tile, head, request) CTAs for long contexts: split each
  * request's blocks over CTAs; msa_attention then goes through the score
  * tensor (small for decode) instead of the fused kernel. */
@@ -94,7 +88,9 @@ static void pick_index_split(msa_plan *p)
 			       : (long)(p->max_q + 63) / 64 * l->heads_kv * p->batch;
 	size_t bytes = (size_t)l->heads_kv * p->total_q * p->nb_max * 4;
 	p->ksplit = 1;
-	while (ctas * p->ksplit * MSA_INDEX_SPLIT_WAVE <= 2L * p->mod->sms && p->ksplit * 4 <= p->nb_max)
+	/* up to half the SMs: each wgmma index CTA holds a whole SM, and fewer,
+	 * longer CTAs skip ring ramp-ups (bench/NOTES.md) */
+	while (ctas * p->ksplit * 2 <= p->mod->sms && p->ksplit * 4 <= p->nb_max)
 		p->ksplit *= 2;
 	p->unfused = p->ksplit > 1 && bytes <= ((size_t)64 << 20);
 }

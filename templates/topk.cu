@@ -1,20 +1,38 @@
 // topk.cu - standalone top-k over a block-score tensor (MSA.md section 2).
 //
 // One warp per row (index head h, token t), or with coop = 1 (few long
-// rows: decode) the CTA's four warps on one row; the order is score descending,
-// id ascending, NaN as -inf.  First a threshold: each lane's best candidate,
-// and the KP-th best of those 32 (at least KP candidates are at or above
-// it).  A second pass compacts the few candidates at or above it into
-// shared memory, where each is ranked against the others.  If too many tie
-// with the threshold (TOPK_CAP), the row falls back (in a coop CTA: its
-// first warp) to per-lane sorted
-// register lists merged by KP warp arg-max rounds, and rows with KP > 32 use
-// KP passes of a warp arg-max over the whole row (registers would not hold
-// the lists).  Only scores[0..n-1] of a row are read.
+// rows: decode) the CTA's four warps on one row; the order is score
+// descending, id ascending, NaN as -inf.  First a threshold: each lane's
+// best candidate, and the KP-th best of those (at least KP candidates are
+// at or above it).  A second pass compacts the few candidates at or above
+// it into shared memory, where each is ranked against the others.  If too
+// many tie with the threshold (TOPK_CAP), the row falls back (in a coop
+// CTA: its first warp) to per-lane sorted register lists merged by KP warp
+// arg-max rounds, and rows with KP > 32 use KP passes of a warp arg-max
+// over the whole row (registers would not hold the lists).  Only
+// scores[0..n-1] of a row are read.
 #include "topk.cuh"
 
 #define TOPK_WARPS 4
 #define TOPK_CAP 256	// candidates a warp may rank in shared memory
+
+// This thread's best candidate among c0 + first, c0 + first + step, ... <
+// c1; (-inf, INT_MAX) when it has none.  Unrolled: eight independent loads
+// in flight per thread (long decode rows are latency-bound otherwise).
+__device__ __forceinline__ void thread_best(const float *srow, int c0, int c1, int first, int step, float &ms,
+					    int &mi)
+{
+	ms = -MSA_INF;
+	mi = 0x7fffffff;
+#pragma unroll 8
+	for (int b = c0 + first; b < c1; b += step) {
+		float s = topk_rank(__ldg(srow + b));
+		if (topk_beats(s, b, ms, mi)) {
+			ms = s;
+			mi = b;
+		}
+	}
+}
 
 // Rank each of the count compacted candidates (cs, ci) against the others
 // (threads first, first + step, ...) and put the KP best in pick[rank].
@@ -38,18 +56,9 @@ __device__ __forceinline__ void rank_candidates(const float *cs, const int *ci, 
 __device__ __forceinline__ bool threshold_select(const float *srow, int c0, int c1, int *pick,
 						 float *cs, int *ci, int lane)
 {
-	float ms = -MSA_INF;
-	int mi = 0x7fffffff;
-	// unrolled: eight independent loads in flight per lane (long decode rows
-	// are latency-bound otherwise)
-#pragma unroll 8
-	for (int b = c0 + lane; b < c1; b += 32) {
-		float s = topk_rank(__ldg(srow + b));
-		if (topk_beats(s, b, ms, mi)) {
-			ms = s;
-			mi = b;
-		}
-	}
+	float ms;
+	int mi;
+	thread_best(srow, c0, c1, lane, 32, ms, mi);
 	int rk = 0;	// rank of this lane's best among the 32 lane bests
 	for (int o = 0; o < 32; o++) {
 		float os = __shfl_sync(0xffffffffu, ms, o);
@@ -91,16 +100,9 @@ __device__ __forceinline__ bool cta_threshold_select(const float *srow, int c0, 
 {
 	constexpr int NT = TOPK_WARPS * 32, CAP = TOPK_WARPS * TOPK_CAP;
 	const int tid = threadIdx.x;
-	float ms = -MSA_INF;
-	int mi = 0x7fffffff;
-#pragma unroll 8
-	for (int b = c0 + tid; b < c1; b += NT) {
-		float s = topk_rank(__ldg(srow + b));
-		if (topk_beats(s, b, ms, mi)) {
-			ms = s;
-			mi = b;
-		}
-	}
+	float ms;
+	int mi;
+	thread_best(srow, c0, c1, tid, NT, ms, mi);
 	bs[tid] = ms;
 	bi[tid] = mi;
 	if (tid == 0)
@@ -159,19 +161,21 @@ msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict_
 	const float *srow = scores + (size_t)row * nb_stride;
 	int *dst = ids + (size_t)row * MSA_TOPK;
 
+	// more candidates than slots, and lists that fit in registers
+	const bool select = MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK;
 	bool done = false;
 	if (coop) {	// n is uniform over the CTA
 		__shared__ float best_s[TOPK_WARPS * 32];
 		__shared__ int best_i[TOPK_WARPS * 32], misc[3];
-		if (MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK)
+		if (select)
 			done = cta_threshold_select(srow, MSA_SINK, n - MSA_LOCAL, pick[0], &cand_s[0][0],
 						    &cand_i[0][0], best_s, best_i, misc);
 		if (warp > 0)	// the first warp writes the row (and runs a fallback)
 			return;
-	} else if (MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK) {
+	} else if (select) {
 		done = threshold_select(srow, MSA_SINK, n - MSA_LOCAL, pick[warp], cand_s[warp], cand_i[warp], lane);
 	}
-	if (!done && MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK) {
+	if (!done && select) {
 		const int c0 = MSA_SINK, c1 = n - MSA_LOCAL;	// candidates c0..c1-1
 		float ls[MSA_KP_ALLOC];
 		int li[MSA_KP_ALLOC];

@@ -29,12 +29,14 @@ def main():
     ap.add_argument("--tag", default=os.environ.get("MSAGEN_LIB", "this build"), help="build name in the lines")
     ap.add_argument("--reps", type=int, default=7, help="timed runs per kernel (median)")
     ap.add_argument("--kinds", default="scores,topk,fp8 topk", help="comma list of: scores, topk, fp8 topk")
+    ap.add_argument("--spec", default=SPEC, help="bf16 layer spec (default: MiniMax-M3)")
+    ap.add_argument("--fp8-spec", default=FP8_SPEC, help="fp8 index layer spec")
     args = ap.parse_args()
     kinds = args.kinds.split(",")
     for n in (int(x) for x in args.sizes.split(",")):
         for kind in kinds:
             fp8 = kind.startswith("fp8")
-            layer = msagen.load(FP8_SPEC if fp8 else SPEC)
+            layer = msagen.load(args.fp8_spec if fp8 else args.spec)
             hi, di = layer.heads_kv, layer.index_dim
             qi, ki = rand(n, hi, di), rand(n, di)
             if fp8:

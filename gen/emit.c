@@ -31,7 +31,8 @@ static const msa_family families[MSA_K_COUNT] = {
 	[MSA_K_SPARSE_KVO90] = {"sparse_kvo90", F_ATTN | MSA_F_TOPK, "sparse_kvo90.cu", "msa_sparse_kvo90", NULL,
 				1, {{"tiles_per_cta", 4, 4, {1, 2, 4, 8}}}},
 	[MSA_K_INDEX_SCORES90] = {"index_scores90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 0, {{0}}},
-	[MSA_K_INDEX_TOPK90] = {"index_topk90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 0, {{0}}},
+	[MSA_K_INDEX_TOPK90] = {"index_topk90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 1,
+				{{"consumers", 3, 2, {2, 3}}}},
 };
 
 const msa_family *msa_family_get(msa_kind kind)
@@ -271,6 +272,23 @@ int msa_dense90_sched(const msa_layer *l, int causal, long max_q)
 	return max_q >= (causal ? 32768 : 65536) ? MSA_DENSE90_SCHED_LONG : MSA_DENSE90_SCHED;
 }
 
+/* A CTA of index_topk90 holds 64 rows (query x index head pairs) per
+ * consumer warpgroup: whole queries only. */
+static int consumers_fit(const msa_layer *l, int ncw)
+{
+	return l->heads_kv > 0 && 64 * ncw % l->heads_kv == 0;
+}
+
+int msa_index90_consumers(const msa_layer *l)
+{
+	const msa_family *f = &families[MSA_K_INDEX_TOPK90];
+	const int *vals;
+	char err[8];
+	if (tune_values(l, f, 0, &vals, err, sizeof err) > 0 && vals != &f->tunables[0].def)
+		return vals[0];	/* the spec's choice */
+	return consumers_fit(l, f->tunables[0].def) ? f->tunables[0].def : 2;
+}
+
 /* Unknown kernel or parameter names in the spec's tune table are errors. */
 static int check_tune_names(const msa_layer *l, char *err, size_t errlen)
 {
@@ -322,6 +340,17 @@ int msa_variants_for_layer(const msa_layer *layer, const char *arch, msa_variant
 			vals[1] = both_scheds;
 			nv[1] = 2;
 		}
+		static const int two_consumers[] = {2};
+		if (kind == MSA_K_INDEX_TOPK90 && vals[0] == &f->tunables[0].def && !consumers_fit(layer, vals[0][0]))
+			vals[0] = two_consumers;
+		for (int k = 0; kind == MSA_K_INDEX_TOPK90 && k < nv[0]; k++)
+			if (!consumers_fit(layer, vals[0][k])) {
+				msa_fmt(err, errlen, "%s:%d: tune.index_topk90.consumers = %d: a CTA's 64 x %d rows "
+					"must hold whole queries of %d index heads", layer->file, layer->line,
+					vals[0][k], vals[0][k], layer->heads_kv);
+				free(vs);
+				return MSA_ESPEC;
+			}
 		for (;;) {	/* odometer over the cartesian product */
 			if (count == cap) {
 				msa_variant *nvs = realloc(vs, sizeof *vs * (size_t)(cap = cap ? 2 * cap : 16));
@@ -475,9 +504,10 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 	case MSA_K_INDEX_SCORES90:
 	case MSA_K_INDEX_TOPK90: {	/* 1 KB alignment, Q + NST K tiles, the lists' ids, barriers */
 		int kp = l->topk - l->sink_blocks - l->local_blocks, rb = l->index_dim * (int)msa_dtype_size(l->dtype_index);
-		int nst = rb == 256 ? 5 : 8;
-		*threads = 384;
-		*smem = 1024 + (1 + nst) * 128 * rb + 4 * 128 * (kp > 0 ? kp : 1) + 8 * (1 + 2 * nst);
+		int ncw = v->kind == MSA_K_INDEX_TOPK90 ? v->tune[0] : 2, bm = 64 * ncw;
+		int nst = rb == 256 ? (ncw == 2 ? 5 : 4) : 8;
+		*threads = 128 * (1 + ncw);
+		*smem = 1024 + (bm + nst * 128) * rb + 4 * bm * (kp > 0 ? kp : 1) + 8 * (1 + 2 * nst);
 		return;
 	}
 	case MSA_K_TOPK:
@@ -523,6 +553,8 @@ static void sb_prelude(sbuf *b, const msa_variant *v)
 		sb_printf(b, "#define MSA_TUNE_%s %d\n", up, v->tune[i]);
 	}
 	sb_printf(b, "#define MSA_WRITE_SCORES %d\n", v->kind == MSA_K_INDEX_SCORES || v->kind == MSA_K_INDEX_SCORES90);
+	if (v->kind == MSA_K_INDEX_SCORES90 || v->kind == MSA_K_INDEX_TOPK90)	/* consumers' setmaxnreg */
+		sb_printf(b, "#define MSA_CREGS %d\n", threads == 384 ? 240 : 160);
 	sb_printf(b, "#define MSA_THREADS %d\n#define MSA_SMEM_BYTES %d\n", threads, smem);
 }
 

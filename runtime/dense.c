@@ -56,6 +56,8 @@ int msa_module_kernel(msa_module *m, msa_kind kind, int causal, msa_kernel **out
 {
 	msa_variant v;
 	msa_variant_default(&v, kind, &m->layer, m->arch, causal);
+	if (kind == MSA_K_INDEX_TOPK90)
+		v.tune[0] = msa_index90_consumers(&m->layer);
 	return msa_kernel_get(m->ctx, &v, out);
 }
 

@@ -179,6 +179,9 @@ int msa_variants_for_layer(const msa_layer *layer, const char *arch,
  * requests of >= 32K queries (causal) or >= 64K (not), the faster of the
  * two on the H100 at those lengths (bench/NOTES.md); layers build both. */
 int msa_dense90_sched(const msa_layer *l, int causal, long max_q);
+/* index_topk90's consumer warpgroups for a layer's plans: the first the
+ * spec lists, else the default. */
+int msa_index90_consumers(const msa_layer *l);
 enum { MSA_DENSE90_SCHED = 3, MSA_DENSE90_SCHED_LONG = 0 };
 /* Generate the CUDA source: prelude of constants, then the template after a
  * #line.  *src is malloc'ed and NUL-terminated. */

@@ -320,7 +320,8 @@ static int run_index(msa_plan *p, msa_kernel *k, const void *qi, const void *ki,
 		return MSA_OK;
 	if (p->index90) {
 		CUtensorMap mq, mk;
-		const int es = (int)msa_dtype_size(l->dtype_index), qpc = 128 / l->heads_kv;
+		/* 64 rows per consumer warpgroup, one producer warpgroup */
+		const int es = (int)msa_dtype_size(l->dtype_index), qpc = (k->threads - 128) / 2 / l->heads_kv;
 		const int box3[3] = {128 / es, l->heads_kv, qpc}, box2[2] = {128 / es, 128};
 		const long dq[3] = {l->index_dim, l->heads_kv, p->total_q}, rq[2] = {(long)l->index_dim * es,
 										     (long)l->index_dim * es * l->heads_kv};

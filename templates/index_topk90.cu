@@ -1,12 +1,12 @@
 // index_topk90.cu - the index branch fused with top-k (or, with
 // MSA_WRITE_SCORES = 1, the block scores alone) for sm_90a.
 //
-// One CTA takes 128 rows: 128 / Hi consecutive queries of one request times
-// the Hi index heads (head fastest: each key tile serves every head), and
-// three warpgroups: warpgroup 0 is the producer (one thread drives TMA: the
-// Q tile once, then the key blocks through a ring of NST stages), warpgroups
-// 1 and 2 own 64 query rows each and overlap a block's top-k with the
-// next block's products.  A key tile is one block of 128 keys, so
+// One CTA takes BM = 64 x NCW rows: BM / Hi consecutive queries of one
+// request times the Hi index heads (head fastest: each key tile serves every
+// head), and 1 + NCW warpgroups: warpgroup 0 is the producer (one thread
+// drives TMA: the Q tile once, then the key blocks through a ring of NST
+// stages), warpgroups 1..NCW (tunable `consumers`, 2 or 3) own 64 query rows
+// each and overlap a block's top-k with the next block's products.  A key tile is one block of 128 keys, so
 // one wgmma chain S = Q K^T gives a row's whole block: the block score is
 // the max over its visible keys (quad shuffles), then lane % 4 == 0 writes
 // it (lane 0 of the quad for the first row, lane 1 for the second), or the
@@ -19,9 +19,9 @@
 // ones fill the tail.  fp8 e4m3 index tensors run natively
 // (wgmma k32 on e4m3), so unlike index_topk.cu nothing is widened.
 //
-// Launch: grid (ceil(max_q_len / (128 / Hi)) * ksplit, 1, batch), 384
-// threads; tensor maps over qi [total_q, Hi, Di] (3-d, boxes of 128 bytes x
-// Hi heads x 128 / Hi queries) and ki [rows, Di] (2-d: the request's keys,
+// Launch: grid (ceil(max_q_len / (BM / Hi)) * ksplit, 1, batch), 128 x
+// (1 + NCW) threads; tensor maps over qi [total_q, Hi, Di] (3-d, boxes of
+// 128 bytes x Hi heads x BM / Hi queries) and ki [rows, Di] (2-d: the request's keys,
 // or pages x block rows; boxes of 128 bytes x 128 rows).
 #if MSA_DT_INDEX == 1
 #define WG_AB "f16.f16"
@@ -36,7 +36,12 @@
 #define MSA_WRITE_SCORES 0
 #endif
 
-#define BM 128		// rows per CTA: (query, head) pairs, the head fastest
+#ifdef MSA_TUNE_CONSUMERS
+#define NCW MSA_TUNE_CONSUMERS	// consumer warpgroups
+#else
+#define NCW 2
+#endif
+#define BM (64 * NCW)	// rows per CTA: (query, head) pairs, the head fastest
 #define HI MSA_HKV	// index heads
 #define QPC (BM / HI)	// queries per CTA
 #define BK MSA_BLOCK
@@ -44,16 +49,22 @@
 #define FP8 (MSA_DT_INDEX == 2)
 #define ES (FP8 ? 1 : 2)
 #define RB (DI * ES)		// bytes per row
-#define TBYTES (128 * RB)	// one tile: 128 rows
-#define NST (RB == 256 ? 5 : 8)	// ring stages: the warpgroups may drift apart
-#define NT 384
+#define TBYTES (128 * RB)	// one key tile: 128 rows
+#define QBYTES (BM * RB)	// the Q tile
+#define NST (RB == 256 ? (NCW == 2 ? 5 : 4) : 8)	// ring stages: the warpgroups may drift apart
+#define NT (128 * (1 + NCW))
+// Registers: the producer drops to 24, the consumers take MSA_CREGS (the
+// generator's share of the launch's pool, 65536 / NT per thread as ptxas
+// caps it).
 #define TR ((MSA_KP_ALLOC + 3) / 4)	// list entries per quad lane and row
 
 static_assert(BK == 128, "index_topk90: block 128");
-static_assert(BM % HI == 0, "index_topk90: the index heads must divide 128");
+static_assert(NCW == 2 || NCW == 3, "index_topk90: 2 or 3 consumer warpgroups");
+static_assert(BM % HI == 0, "index_topk90: the index heads must divide the CTA's 64 x consumers rows");
+static_assert(24 * 128 + MSA_CREGS * 128 * NCW <= 65536, "index_topk90: register split exceeds the pool");
 static_assert(RB == 128 || RB == 256, "index_topk90: rows of 128 or 256 bytes (16-bit Di 64/128, fp8 Di 128)");
 #ifdef MSA_SMEM_BYTES
-static_assert(1024 + (1 + NST) * TBYTES + 4 * MSA_KP_ALLOC * BM + 8 * (1 + 2 * NST) <= MSA_SMEM_BYTES,
+static_assert(1024 + QBYTES + NST * TBYTES + 4 * MSA_KP_ALLOC * BM + 8 * (1 + 2 * NST) <= MSA_SMEM_BYTES,
 	      "index_topk90: generator's shared-memory size is too small");
 #endif
 
@@ -72,6 +83,39 @@ __device__ __forceinline__ void idx_qk(float (&s)[16][4], u32 a, u32 b)
 	}
 }
 
+// This thread's max over its scores of row half hf (rows lane / 4 + 8 hf)
+// in an S of NC 8-key chunks starting at key n0, keys past p masked: a tree
+// when the whole chunk is visible.
+template <int NC>
+__device__ __forceinline__ float row_max(const float (&S)[NC][4], int hf, int n0, int p, int lane)
+{
+	if (n0 + NC * 8 - 1 <= p) {
+		float t[NC / 2];
+#pragma unroll
+		for (int c = 0; c < NC / 2; c++)
+			t[c] = fmaxf(fmaxf(S[c][2 * hf], S[c][2 * hf + 1]),
+				     fmaxf(S[c + NC / 2][2 * hf], S[c + NC / 2][2 * hf + 1]));
+#pragma unroll
+		for (int w = NC / 4; w >= 1; w /= 2)
+#pragma unroll
+			for (int c = 0; c < w; c++)
+				t[c] = fmaxf(t[c], t[c + w]);
+		return t[0];
+	}
+	float m = -MSA_INF;
+#pragma unroll
+	for (int c = 0; c < NC; c++)
+#pragma unroll
+		for (int e = 0; e < 2; e++)
+			if (n0 + c * 8 + 2 * (lane % 4) + e <= p)
+				m = fmaxf(m, S[c][2 * hf + e]);
+	return m;
+}
+
+template <bool B> struct flag_t {
+	static constexpr bool value = B;
+};
+
 extern "C" __global__ void __launch_bounds__(NT, 1)
 msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_t tk,
 		 const int *__restrict__ cu_q, const int *__restrict__ cu_kv,
@@ -79,7 +123,7 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		 int *__restrict__ ids, float *__restrict__ scores, int nb_stride, int ksplit)
 {
 	extern __shared__ __align__(1024) unsigned char smem_raw[];
-	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u, sk = sq + TBYTES;
+	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u, sk = sq + QBYTES;
 	unsigned char *lists = smem_raw + (sk + NST * TBYTES - smem_u32(smem_raw));
 #if !MSA_WRITE_SCORES
 	int *lid = reinterpret_cast<int *>(lists);	// [KP][BM] the final lists' ids
@@ -110,7 +154,7 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		mbar_init(bq, 1);
 		for (int s = 0; s < NST; s++) {
 			mbar_init(bfull + 8 * s, 1);
-			mbar_init(bempty + 8 * s, 256);
+			mbar_init(bempty + 8 * s, 128 * NCW);
 		}
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 	}
@@ -121,7 +165,7 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		if (threadIdx.x == 0 && it0 < it1) {
 			tma_prefetch_map(&tq);
 			tma_prefetch_map(&tk);
-			mbar_expect_tx(bq, TBYTES);
+			mbar_expect_tx(bq, QBYTES);
 #pragma unroll
 			for (int a = 0; a < RB / 128; a++)
 				tma_load_3d(sq + a * BM * 128, &tq, bq, a * 128 / ES, 0, q0 + m0);
@@ -139,7 +183,7 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		}
 		return;
 	}
-	setmaxnreg_inc<240>();
+	setmaxnreg_inc<MSA_CREGS>();
 
 	const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
 	const int rr0 = cw * 64 + warp * 16 + lane / 4;	// CTA rows rr0, rr0 + 8
@@ -190,32 +234,13 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		idx_qk(S, qtile, sk + (j % NST) * TBYTES);
 		wgmma_commit();
 	};
-	// Block it's score for this thread's rows (S done), then the score
-	// write or top-k insertion.
-	auto finish = [&](int it, const float (&S)[16][4]) {
-		const int n0 = it * BK;
+	// Block it's score for this thread's rows from its own maxima mr (the
+	// quad's lanes hold the rest), then the score write or top-k insertion.
+	auto finish = [&](int it, const float (&mr)[2]) {
 		float bs[2];
 #pragma unroll
 		for (int hf = 0; hf < 2; hf++) {
-			float m = -MSA_INF;
-			if (n0 + BK - 1 <= prow[hf]) {	// a tree: 5 dependent steps, not 16
-				float t[8];
-#pragma unroll
-				for (int c = 0; c < 8; c++)
-					t[c] = fmaxf(fmaxf(S[c][2 * hf], S[c][2 * hf + 1]),
-						     fmaxf(S[c + 8][2 * hf], S[c + 8][2 * hf + 1]));
-#pragma unroll
-				for (int c = 0; c < 4; c++)
-					t[c] = fmaxf(t[c], t[c + 4]);
-				m = fmaxf(fmaxf(t[0], t[2]), fmaxf(t[1], t[3]));
-			} else {
-#pragma unroll
-				for (int c = 0; c < 16; c++)
-#pragma unroll
-					for (int e = 0; e < 2; e++)
-						if (n0 + c * 8 + 2 * (lane % 4) + e <= prow[hf])
-							m = fmaxf(m, S[c][2 * hf + e]);
-			}
+			float m = mr[hf];
 			m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
 			m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
 			bs[hf] = m * sc;	// sc > 0: -inf stays -inf
@@ -274,9 +299,30 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	auto done = [&](int it, float (&S)[16][4]) {
 		reg_fence<64>(&S[0][0]);
 		release(it);
-		finish(it, S);
+		const float mr[2] = {row_max<16>(S, 0, it * BK, prow[0], lane), row_max<16>(S, 1, it * BK, prow[1], lane)};
+		finish(it, mr);
 	};
-	if (it0 < it1) {
+	if (NCW == 3 && it0 < it1) {
+		// Three warpgroups leave registers for one S: once it is done and
+		// reduced to the row maxima, the next block's products are issued,
+		// then run through the shuffles and the top-k.  Straight-line: the
+		// last block is peeled.
+		float S[16][4];
+		auto step = [&](int it, auto more) {	// block it in flight
+			wgmma_wait<0>();
+			reg_fence<64>(&S[0][0]);
+			release(it);
+			const float mr[2] = {row_max<16>(S, 0, it * BK, prow[0], lane),
+					     row_max<16>(S, 1, it * BK, prow[1], lane)};
+			if (decltype(more)::value)
+				issue(it + 1, S);
+			finish(it, mr);
+		};
+		issue(it0, S);
+		for (int it = it0; it + 1 < it1; it++)
+			step(it, flag_t<true>());
+		step(it1 - 1, flag_t<false>());
+	} else if (it0 < it1) {
 		float Sa[16][4], Sb[16][4];
 		int it = it0;
 		issue(it, Sa);

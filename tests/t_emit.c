@@ -132,12 +132,21 @@ static const char wspec_text[] =
 	"layer { name = 'w', heads = { q = 64, kv = 4 }, head_dim = 128, index_dim = 128 }\n"
 	"layer { name = 'f', heads = { q = 64, kv = 4 }, head_dim = 128, index_dim = 128,\n"
 	"        dtype = { q = 'bf16', kv = 'bf16', index = 'fp8_e4m3', out = 'bf16' }, causal = false }\n";
-enum { NWSPEC = 7 };
+enum { NWSPEC = 9 };
 
+/* The number after the first pat in src; a macro name there is looked up
+ * as "#define NAME number". */
 static int first_int_after(const char *src, const char *pat)
 {
 	const char *p = strstr(src, pat);
-	return p ? atoi(p + strlen(pat)) : -1;
+	if (!p)
+		return -1;
+	p += strlen(pat);
+	if (*p >= '0' && *p <= '9')
+		return atoi(p);
+	char def[80];
+	snprintf(def, sizeof def, "#define %.*s ", (int)strspn(p, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_0123456789"), p);
+	return strcmp(def, "#define  ") ? first_int_after(src, def) : -1;
 }
 
 static void check_register_split(void)
@@ -149,8 +158,10 @@ static void check_register_split(void)
 		vs[i].tune[0] = i < 4 ? 2 : 3;
 		vs[i].tune[1] = i < 4 ? i : 3;
 	}
-	msa_variant_default(&vs[5], MSA_K_INDEX_TOPK90, &s->layers[0], "sm_90a", 1);
-	msa_variant_default(&vs[6], MSA_K_INDEX_TOPK90, &s->layers[1], "sm_90a", 1);
+	for (int i = 5; i < NWSPEC; i++) {	/* index_topk90: bf16, fp8 x 2, 3 consumers */
+		msa_variant_default(&vs[i], MSA_K_INDEX_TOPK90, &s->layers[(i - 5) % 2], "sm_90a", 1);
+		vs[i].tune[0] = i < 7 ? 2 : 3;
+	}
 	for (int i = 0; i < NWSPEC; i++) {
 		char name[256], err[4096], *src;
 		size_t len;
@@ -177,6 +188,44 @@ static void check_register_split(void)
 		free(src);
 	}
 	msa_spec_free(s);
+}
+
+/* index_topk90's consumer warpgroups: 3 by default, 2 where 192 rows do not
+ * hold whole queries (128 index heads); a spec's choice wins, and one that
+ * does not fit is a spec error naming the field. */
+static void check_index_consumers(void)
+{
+	static const struct {
+		const char *text;
+		int want;	/* consumers; 0: the spec is rejected */
+	} cases[] = {
+		{"layer { name = 'm3', heads = { q = 64, kv = 4 }, head_dim = 128 }", 3},
+		{"layer { name = 'k128', heads = { q = 128, kv = 128 }, head_dim = 64, index_dim = 64 }", 2},
+		{"layer { name = 'm3', heads = { q = 64, kv = 4 }, head_dim = 128,\n"
+		 " tune = { index_topk90 = { consumers = { 2 } } } }", 2},
+		{"layer { name = 'k128', heads = { q = 128, kv = 128 }, head_dim = 64, index_dim = 64,\n"
+		 " tune = { index_topk90 = { consumers = { 3 } } } }", 0},
+	};
+	for (int i = 0; i < MSA_COUNT(cases); i++) {
+		msa_spec *s = load(cases[i].text);
+		const msa_layer *l = &s->layers[0];
+		msa_variant *vs = NULL;
+		int n = 0, got = 0;
+		char err[512] = "";
+		int rc = msa_variants_for_layer(l, "sm_90a", &vs, &n, err, sizeof err);
+		for (int k = 0; k < n; k++)
+			if (vs[k].kind == MSA_K_INDEX_TOPK90)
+				got = vs[k].tune[0];
+		if (cases[i].want)
+			ok(rc == MSA_OK && got == cases[i].want && msa_index90_consumers(l) == got,
+			   "layer %s case %d: index_topk90 builds and plans take %d consumers (got %d)", l->name, i,
+			   cases[i].want, got);
+		else
+			ok(rc == MSA_ESPEC && strstr(err, "t.lua:1: tune.index_topk90.consumers = 3") &&
+			   strstr(err, "128 index heads"), "layer %s: 3 consumers rejected: %s", l->name, err);
+		free(vs);
+		msa_spec_free(s);
+	}
 }
 
 /* A compile error in a template points at the template's own line. */
@@ -282,7 +331,7 @@ static void check_dense90_scheds(void)
 int main(void)
 {
 	msa_spec *s = load(tiny);
-	plan(8 + 5 + 6 + 2 * count_compiles(s) + 2 + 12 + 5 + 2 * NWSPEC);
+	plan(8 + 5 + 6 + 2 * count_compiles(s) + 2 + 12 + 5 + 2 * NWSPEC + 4);
 	check_determinism(&s->layers[0]);
 	check_variants(s);
 	check_bad_tune();
@@ -291,6 +340,7 @@ int main(void)
 	check_hopper_support();
 	check_dense90_scheds();
 	check_register_split();
+	check_index_consumers();
 	msa_spec_free(s);
 	return done_testing();
 }

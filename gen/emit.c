@@ -484,9 +484,9 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		*threads = 384;
 		*smem = 1024 + 128 * l->head_dim * 2 * (1 + 2 * v->tune[0]) + 8 * (3 + 4 * v->tune[0]);
 		return;
-	case MSA_K_SPARSE_KVO90:	/* 1 KB alignment, Q, K, V tiles, per tile 10 ints of metadata, QT entries and positions, Q barrier */
+	case MSA_K_SPARSE_KVO90:	/* 1 KB alignment, Q, K, V tiles, per tile 10 ints of metadata, QT entries and positions, Q, K, V barriers */
 		*threads = 256;
-		*smem = 1024 + 3 * 128 * l->head_dim * 2 + 4 * v->tune[0] * (10 + 2 * (128 / (l->group ? l->group : 1))) + 8;
+		*smem = 1024 + 3 * 128 * l->head_dim * 2 + 4 * v->tune[0] * (10 + 2 * (128 / (l->group ? l->group : 1))) + 24;
 		return;
 	case MSA_K_SPARSE_KVO:
 		*threads = 256;

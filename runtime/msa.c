@@ -384,20 +384,27 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	void *g1[] = {&ids, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->total_q, &p->nbt, &t0, &t1,
 		      &one, &p->cursor, &p->start, &p->list};
 	void *sc[] = {&p->cursor, &nkeys, &p->start, &p->tiles, &p->max_tiles, &p->ntiles};
-	/* sparse_kvo90 takes a tensor map of q first: boxes of 64 columns x
-	 * the group's G heads x one token */
-	CUtensorMap mq;
-	void *kv[] = {&mq, &q, &k, &v, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->nbt, &pt, &stride,
-		      &p->scale_log2, &p->out_scale, &p->start, &p->cursor, &p->list, &p->tiles,
+	/* sparse_kvo90 takes tensor maps of q (boxes of 64 columns x the
+	 * group's G heads x one token), k and v (64 columns x 128 keys of one
+	 * head: [token][head][D], or [page x head][block][D] when paged) first */
+	CUtensorMap mq, mk, mv;
+	void *kv[] = {&mq, &mk, &mv, &q, &k, &v, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->nbt, &pt,
+		      &stride, &p->scale_log2, &p->out_scale, &p->start, &p->cursor, &p->list, &p->tiles,
 		      &p->ntiles, &t0, &p->kvo_part, &part_lse};
 	const long qd[3] = {l->head_dim, l->heads_q, p->total_q},
 		   qr[2] = {l->head_dim * 2L, l->head_dim * 2L * l->heads_q};
 	const int qbox[3] = {64, l->group < 256 ? l->group : 256, 1};
+	const long kd[3] = {l->head_dim, p->paged ? l->block : l->heads_kv,
+			    p->paged ? p->ki_rows / l->block * l->heads_kv : p->total_kv},
+		   kr[2] = {l->head_dim * 2L, l->head_dim * 2L * (p->paged ? l->block : l->heads_kv)};
+	const int kbox[3] = {64, p->paged ? 128 : 1, p->paged ? 1 : 128};
 	char *o = (char *)out + (size_t)t0 * l->heads_q * l->head_dim * msa_dtype_size(l->dtype_out);
 	float *ls = lse + (size_t)t0 * l->heads_q;
 	void *cb[] = {&p->kvo_part, &part_lse, &ksel, &rows, &mode, &o, &ls};
 
-	if ((p->kvo_bf16 && (rc = msa_tmap(ctx, &mq, q, l->dtype_q, 3, qd, qr, qbox, "q"))) ||
+	if ((p->kvo_bf16 && ((rc = msa_tmap(ctx, &mq, q, l->dtype_q, 3, qd, qr, qbox, "q")) ||
+			     (rc = msa_tmap(ctx, &mk, k, l->dtype_kv, 3, kd, kr, kbox, "k")) ||
+			     (rc = msa_tmap(ctx, &mv, v, l->dtype_kv, 3, kd, kr, kbox, "v")))) ||
 	    (rc = msa_cu_check(cu->MemsetD32Async(p->cursor, 0, (size_t)nkeys, s), "cuMemsetD32Async",
 			       ctx->err, sizeof ctx->err)) ||
 	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g0, stream)) ||
@@ -408,7 +415,7 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	    (rc = msa_cu_check(cu->MemsetD32Async(part_lse, 0xff800000u, (size_t)rows * l->topk, s),
 			       "cuMemsetD32Async", ctx->err, sizeof ctx->err)) ||
 	    (rc = msa_launch(ctx, p->k_kvo, (unsigned)((p->max_tiles + kvo_tpc - 1) / kvo_tpc), 1, 1,
-			     p->kvo_bf16 ? kv : kv + 1, stream)))
+			     p->kvo_bf16 ? kv : kv + 3, stream)))
 		return rc;
 	return msa_launch(ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cb, stream);
 }

@@ -186,6 +186,12 @@ __device__ __forceinline__ void load_sw128(u32 base, const void *any, F rowptr)
 	}
 }
 
+// 16 zero bytes at a shared-memory address.
+__device__ __forceinline__ void st_shared_zero16(u32 addr)
+{
+	asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" :: "r"(addr), "r"(0) : "memory");
+}
+
 // Make this thread's ordinary shared-memory writes visible to wgmma/TMA.
 __device__ __forceinline__ void fence_async()
 {

@@ -11,11 +11,14 @@
 // tiles at once, so no tile waits on a chain of dependent global loads;
 // with G >= 8 one thread gathers a tile's Q rows by TMA (a box of a query's
 // G heads, per 128-byte column block) instead of every thread generating
-// cp.async addresses chunk by chunk;
-// then the next tile's loads start as soon as this tile is done with a
-// buffer: its Q rows (and K, for a new key) once S = Q K^T is in
-// registers, its V (for a new key) once O = P V is, so the gathers
-// overlap the softmax, the products and the partial stores.
+// cp.async addresses chunk by chunk, and K and V always come by TMA (boxes
+// of 64 columns x 128 keys from tensor maps over the contiguous or the
+// paged cache); then the next tile's loads start as soon as this tile is
+// done with a buffer: its Q rows (and K, for a new key) once S = Q K^T is
+// in registers, its V (for a new key) once O = P V is, so the gathers
+// overlap the softmax, the products and the partial stores.  A block's
+// keys past the request's end arrive as whatever the cache holds there:
+// S masks them, and V's rows there are zeroed before P V.
 // Each row writes its partial (o in bf16, lse in fp32) for (query, slot) in
 // msa_combine's mode-2 layout: sparse_kvo.cu's, at half the bytes.
 #include "attn.cuh"
@@ -40,11 +43,12 @@ static_assert(D == 64 || D == 128, "sparse_kvo90: head dim 64 or 128");
 #ifdef MSA_SMEM_BYTES
 #define MW 10	// ints of tile metadata
 #define QTMA (G >= 8)	// a query's box starts on a 1024-byte swizzle atom
-static_assert(1024 + 3 * TBYTES + 4 * TPC * (MW + 2 * QT) + 8 <= MSA_SMEM_BYTES, "sparse_kvo90: shared memory too small");
+static_assert(1024 + 3 * TBYTES + 4 * TPC * (MW + 2 * QT) + 24 <= MSA_SMEM_BYTES, "sparse_kvo90: shared memory too small");
 #endif
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 2)
-msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const elem_t *__restrict__ q, const elem_t *__restrict__ k,
+msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_t tk,
+		 const __grid_constant__ tmap_t tv, const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		 const elem_t *__restrict__ v, const int *__restrict__ cu_q,
 		 const int *__restrict__ cu_kv, const int *__restrict__ blk_off, int batch, int nbt,
 		 const int *__restrict__ page_table, int pt_stride, float scale_log2, float out_scale,
@@ -62,6 +66,7 @@ msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const elem_t *__restrict__ q
 	int *meta = reinterpret_cast<int *>(smem_raw + (sv + TBYTES - smem_u32(smem_raw)));
 	int *ents = meta + TPC * MW, *poss = ents + TPC * QT;
 	const u32 bq = smem_u32(poss + TPC * QT);	// Q landed (TMA), one phase per tile
+	const u32 bk = bq + 8, bv = bq + 16;	// K, V landed, one phase per key
 	const int tbeg = blockIdx.x * TPC, tend = min(tbeg + TPC, ntiles[0]);
 	const int cw = threadIdx.x / 128, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
 	const int row_a = cw * 64 + warp * 16 + lane / 4;	// this thread's rows row_a, row_a + 8
@@ -86,10 +91,15 @@ msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const elem_t *__restrict__ q
 		m[7] = min(QT, start[key] + count[key] - tl.y);
 		m[8] = kv_len - q_len - q0;	// last visible key of token t: t + shift
 	}
-	if (QTMA && threadIdx.x == 0) {
+	if (threadIdx.x == 0) {
 		mbar_init(bq, 1);
+		mbar_init(bk, 1);
+		mbar_init(bv, 1);
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-		tma_prefetch_map(&tq);
+		if (QTMA)
+			tma_prefetch_map(&tq);
+		tma_prefetch_map(&tk);
+		tma_prefetch_map(&tv);
 	}
 	__syncthreads();
 	for (int x = threadIdx.x; x < (tend - tbeg) * QT; x += NTHREADS) {
@@ -101,19 +111,21 @@ msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const elem_t *__restrict__ q
 	}
 	__syncthreads();
 
-	// K or V rows of tile j; rows past the block's end load as 0.
-	auto load_kv = [&](u32 dst, int j, const elem_t *base) {
+	// K or V block of tile j by TMA (thread 0): the contiguous cache's map is
+	// [token][head][D] (boxes 64 x 1 head x 128 tokens), the paged one's
+	// [page x head][BK][D] (boxes 64 x 128 rows x 1).
+	auto load_kv = [&](u32 dst, int j, const tmap_t *map, u32 bar) {
 		const int *m = meta + j * MW;
-		const int g = m[1], r = m[2], b = m[3], k0 = m[4], kend = m[5];
-		load_sw128<128, D, NTHREADS>(dst, q, [&](int rr) -> const elem_t * {
-			const int jj = b * BK + rr;
-			if (jj >= kend)
-				return nullptr;
-			if (!page_table)
-				return base + ((size_t)(k0 + jj) * MSA_HKV + g) * D * 2;
-			const size_t page = (size_t)page_table[(size_t)r * pt_stride + b];
-			return base + ((page * MSA_HKV + g) * BK + rr) * D * 2;
-		});
+		const int g = m[1], r = m[2], b = m[3], k0 = m[4];
+		mbar_expect_tx(bar, TBYTES);
+		const int page = page_table ? page_table[(size_t)r * pt_stride + b] : 0;
+#pragma unroll
+		for (int a = 0; a < D / 64; a++) {
+			if (page_table)
+				tma_load_3d(dst + a * (128 * 128), map, bar, a * 64, 0, page * MSA_HKV + g);
+			else
+				tma_load_3d(dst + a * (128 * 128), map, bar, a * 64, g, k0 + b * BK);
+		}
 	};
 	// Q rows of tile j: its queries' G heads of the group.  By TMA, rows of
 	// absent queries keep stale values: their rows of S, P and O are
@@ -140,23 +152,28 @@ msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const elem_t *__restrict__ q
 		});
 	};
 
-	// cp.async groups, in commit order: [Q (+ K) of tile j], [V of tile j]
-	// (empty when K and V stay), so "all but the newest group" is always
-	// the one a wait needs.
+	// cp.async (Q with G < 8) has one group in flight: the next tile's Q.
+	// K and V: phase kv of bk and bv is the kv-th key's (keys change
+	// between tiles only, uniformly).
 	load_q(0);
-	load_kv(sk, 0, k);
 	cp_async_commit();
-	load_kv(sv, 0, v);
-	cp_async_commit();
+	if (threadIdx.x == 0) {
+		load_kv(sk, 0, &tk, bk);
+		load_kv(sv, 0, &tv, bv);
+	}
+	int kv = 0;
 	for (int j = 0; j < tend - tbeg; j++) {
 		const int *m = meta + j * MW, *ent = ents + j * QT, *pos = poss + j * QT;
 		const bool more = j + 1 < tend - tbeg;
 		const bool reload = more && meta[(j + 1) * MW] != m[0];	// consecutive tiles mostly share a key
-		cp_async_wait<1>();	// Q (cp.async) and K of this tile
+		const bool fresh = j == 0 || meta[(j - 1) * MW] != m[0];	// K and V just loaded
+		cp_async_wait<0>();	// Q (cp.async) of this tile
 		fence_async();
 		if (QTMA)
 			mbar_wait(bq, j & 1);
 		__syncthreads();
+		if (fresh)
+			mbar_wait(bk, kv & 1);
 
 		const int lim[2] = {pos[min(row_a / G, QT - 1)], pos[min((row_a + 8) / G, QT - 1)]};
 		float sc[16][4];
@@ -168,8 +185,8 @@ msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const elem_t *__restrict__ q
 		if (more) {	// the next tile's Q, and K when its key differs
 			__syncthreads();	// every warpgroup is done with Q and K
 			load_q(j + 1);
-			if (reload)
-				load_kv(sk, j + 1, k);
+			if (reload && threadIdx.x == 0)
+				load_kv(sk, j + 1, &tk, bk);
 		}
 		cp_async_commit();
 
@@ -185,9 +202,19 @@ msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const elem_t *__restrict__ q
 		float alpha[2];	// 0: nothing to rescale
 		softmax_step<128, MSA_DT_Q>(sc, st, pa, alpha);
 
-		cp_async_wait<1>();	// V of this tile
-		fence_async();
-		__syncthreads();
+		if (fresh) {
+			mbar_wait(bv, kv & 1);
+			kv++;
+			if (kend - b * BK < BK) {	// past the request's end: zeros, not garbage
+				const int n0 = kend - b * BK;
+				for (int x = threadIdx.x; x < (BK - n0) * D / 8; x += NTHREADS) {
+					const int rr = n0 + x / (D / 8), ch = x % (D / 8);
+					st_shared_zero16(sv + (ch / 8) * (128 * 128) + rr * 128 + (((ch % 8) ^ (rr % 8)) << 4));
+				}
+				fence_async();
+				__syncthreads();
+			}
+		}
 		float o[D / 8][4];
 		wgmma_fence();
 		wg_pv<D, 128>(o, pa, sv, 0);
@@ -196,9 +223,9 @@ msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const elem_t *__restrict__ q
 		reg_fence<D / 2>(&o[0][0]);
 		if (reload) {	// every warpgroup must be done with V first
 			__syncthreads();
-			load_kv(sv, j + 1, v);
+			if (threadIdx.x == 0)
+				load_kv(sv, j + 1, &tv, bv);
 		}
-		cp_async_commit();
 
 		const int g = m[1];
 #pragma unroll

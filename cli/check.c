@@ -50,14 +50,18 @@ static void make_table(io *x, const ref_batch *rb, int bk, ref_rng *rng)
 	}
 }
 
-/* Move a contiguous tensor [tkv, H, Dh] into shuffled pages [n, H, Bk, Dh]. */
+/* Move a contiguous tensor [tkv, H, Dh] into shuffled pages [n, H, Bk, Dh].
+ * Slots no request fills (a last page's tail, spare pages) hold NaN (all
+ * bits set, in every format), as a cache's unused memory may: a kernel
+ * that lets one into a result fails the check. */
 static void to_pages(gpu_env *env, gpu_tensor *t, const io *x, const ref_batch *rb, int H, int bk, int dh)
 {
 	size_t es = ref_fmt_size(t->fmt), page = (size_t)H * bk * dh;
-	char *pages = calloc((size_t)x->num_pages * page, es);
+	char *pages = malloc((size_t)x->num_pages * page * es);
 	gpu_tensor pt;
 	if (!pages)
 		gpu_die("out of host memory");
+	memset(pages, 0xff, (size_t)x->num_pages * page * es);
 	for (int r = 0; r < rb->batch; r++)
 		ref_scatter_pages(pages, es, x->num_pages, H, bk, dh, x->table + r * x->per,
 				  ref_kv_len(rb, r), (char *)t->raw + (size_t)rb->cu_kv[r] * H * dh * es);

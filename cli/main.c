@@ -58,7 +58,8 @@ static const char usage_check[] =
 	"random shapes (prefill, chunked prefill over shuffled pages, decode over\n"
 	"pages with split-KV) and compare with a float64 CPU reference.  Prints one\n"
 	"row per kernel and shape; exit status 1 if any fails.  Inputs are fresh\n"
-	"random values; --seed repeats a run.  Needs a GPU.\n";
+	"random values (page slots no request fills hold NaN); --seed repeats a\n"
+	"run.  Needs a GPU.\n";
 
 typedef struct args {
 	const char *pos[4];

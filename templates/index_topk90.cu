@@ -6,12 +6,14 @@
 // head), and 1 + NCW warpgroups: warpgroup 0 is the producer (one thread
 // drives TMA: the Q tile once, then the key blocks through a ring of NST
 // stages), warpgroups 1..NCW (tunable `consumers`, 2 or 3) own 64 query rows
-// each and overlap a block's top-k with the next block's products.  A key tile is one block of 128 keys, so
-// one wgmma chain S = Q K^T gives a row's whole block: the block score is
-// the max over its visible keys (quad shuffles), then lane % 4 == 0 writes
-// it (lane 0 of the quad for the first row, lane 1 for the second), or the
-// quad inserts it into the row's streaming top-KP list, exactly in the order
-// of index_topk.cu.  The list lives in registers, sorted and spread over the
+// each and overlap a block's top-k with the next block's products (two S
+// buffers with 2 consumers; with 3, whose registers hold one, the next
+// block is issued once the row maxima are out).  A key tile is one block of
+// 128 keys, so one wgmma chain S = Q K^T gives a row's whole block: the
+// block score is the max over its visible keys (quad shuffles), then lane %
+// 4 == 0 writes it (lane 0 of the quad for the first row, lane 1 for the
+// second), or the quad inserts it into the row's streaming top-KP list,
+// exactly in the order of index_topk.cu.  The list lives in registers, sorted and spread over the
 // quad's four lanes (lane q holds entries q*TR .. q*TR+TR-1): an insertion
 // is a few compares and selects per lane and one shuffle, with no shared
 // memory and no lane-divergent branch.  CTAs take their query tiles last
@@ -21,8 +23,8 @@
 //
 // Launch: grid (ceil(max_q_len / (BM / Hi)) * ksplit, 1, batch), 128 x
 // (1 + NCW) threads; tensor maps over qi [total_q, Hi, Di] (3-d, boxes of
-// 128 bytes x Hi heads x BM / Hi queries) and ki [rows, Di] (2-d: the request's keys,
-// or pages x block rows; boxes of 128 bytes x 128 rows).
+// 128 bytes x Hi heads x BM / Hi queries) and ki [rows, Di] (2-d: the
+// request's keys, or pages x block rows; boxes of 128 bytes x 128 rows).
 #if MSA_DT_INDEX == 1
 #define WG_AB "f16.f16"
 #else

@@ -287,31 +287,46 @@ def graph_ms(fn, calls=10):
     return t
 
 
+def paged_decode(layer, batch, ctx, qn=1, idt=torch.bfloat16):
+    """Decode inputs: qn new queries per request over ctx cached tokens in
+    shuffled pages, the plan, and run() for the whole MSA decode step."""
+    hq, hkv, d, di, bk = layer.heads_q, layer.heads_kv, layer.head_dim, layer.index_dim, layer.block
+    x = argparse.Namespace(per=(ctx + bk - 1) // bk)
+    pages = batch * x.per
+    x.k_pages, x.v_pages = rand(pages, hkv, bk, d), rand(pages, hkv, bk, d)
+    x.ki_pages = rand(pages, bk, di).to(idt)
+    x.table = torch.randperm(pages, device="cuda", dtype=torch.int32).view(batch, x.per)
+    x.plan = layer.plan([i * qn for i in range(batch + 1)], [i * ctx for i in range(batch + 1)],
+                        page_table=x.table.cpu(), num_pages=pages)
+    x.q, x.qi = rand(batch * qn, hq, d), rand(batch * qn, hkv, di).to(idt)
+    x.out = torch.empty_like(x.q)
+    x.lse = torch.empty(batch * qn, hq, device="cuda", dtype=torch.float32)
+    x.run = lambda: x.plan.attention(x.qi, x.ki_pages, x.q, x.k_pages, x.v_pages, out=x.out, lse=x.lse)
+    return x
+
+
+def decode_bytes(layer, x, batch, ctx):
+    """Bytes a decode step must read: every page's index keys plus the
+    distinct pages its top-k selects (per group and request)."""
+    bk, d = layer.block, layer.head_dim
+    ids = x.plan.index_topk(x.qi, x.ki_pages)  # [Hi, batch * qn, k] block ids, -1 unused
+    srt = ids.view(layer.heads_kv, batch, -1).sort(-1).values
+    distinct = int(((srt[..., 1:] != srt[..., :-1]) & (srt[..., 1:] >= 0)).sum() + (srt[..., 0] >= 0).sum())
+    return distinct * bk * d * 2 * 2, batch * ctx * layer.index_dim * x.ki_pages.element_size()
+
+
 def bench_decode(tab, layer, batch, ctx, results, qn=1, fp8_index=False):
     """Decode of qn new queries per request over ctx cached tokens in
     pages: MSA (index + top-k + sparse) against dense decode over the same
     cache, eager and from a CUDA graph.  Bytes it must read: every page's
     index keys plus the distinct pages the top-k selects."""
-    hq, hkv, d, di, bk = layer.heads_q, layer.heads_kv, layer.head_dim, layer.index_dim, layer.block
-    idt = torch.float8_e4m3fn if fp8_index else torch.bfloat16
-    per = (ctx + bk - 1) // bk
-    pages = batch * per
-    k_pages, v_pages = rand(pages, hkv, bk, d), rand(pages, hkv, bk, d)
-    ki_pages = rand(pages, bk, di).to(idt)
-    table = torch.randperm(pages, device="cuda", dtype=torch.int32).view(batch, per)
-    cu_q = [i * qn for i in range(batch + 1)]
-    cu_kv = [i * ctx for i in range(batch + 1)]
-    plan = layer.plan(cu_q, cu_kv, page_table=table.cpu(), num_pages=pages)
-    q, qi = rand(batch * qn, hq, d), rand(batch * qn, hkv, di).to(idt)
-    out = torch.empty_like(q)
-    lse = torch.empty(batch * qn, hq, device="cuda", dtype=torch.float32)
-    msa = lambda: plan.attention(qi, ki_pages, q, k_pages, v_pages, out=out, lse=lse)
-    dense = lambda: plan.dense(q, k_pages, v_pages, out=out, lse=lse)
-    t_msa, t_dense = median_ms(msa, reps=7), median_ms(dense, reps=7)
-    g_msa, g_dense = graph_ms(msa), graph_ms(dense)
-    ids = plan.index_topk(qi, ki_pages)  # [Hi, batch * qn, k] block ids, -1 unused
-    srt = ids.view(hkv, batch, qn * ids.shape[-1]).sort(-1).values
-    distinct = ((srt[..., 1:] != srt[..., :-1]) & (srt[..., 1:] >= 0)).sum() + (srt[..., 0] >= 0).sum()
+    hq, hkv, d, bk = layer.heads_q, layer.heads_kv, layer.head_dim, layer.block
+    x = paged_decode(layer, batch, ctx, qn, torch.float8_e4m3fn if fp8_index else torch.bfloat16)
+    per, table, q, k_pages, v_pages, out, lse = x.per, x.table, x.q, x.k_pages, x.v_pages, x.out, x.lse
+    dense = lambda: x.plan.dense(q, k_pages, v_pages, out=out, lse=lse)
+    t_msa, t_dense = median_ms(x.run, reps=7), median_ms(dense, reps=7)
+    g_msa, g_dense = graph_ms(x.run), graph_ms(dense)
+    sel_bytes, idx_bytes = decode_bytes(layer, x, batch, ctx)
     t_sdpa = g_sdpa = None
     what = f"{'fp8' if fp8_index else 'bf16'} index"
     size = f"b{batch} q{qn} {ctx // 1024}K"
@@ -331,8 +346,6 @@ def bench_decode(tab, layer, batch, ctx, results, qn=1, fp8_index=False):
         except Exception as e:
             tab.note(f"decode {size}: torch SDPA failed: {type(e).__name__}: {str(e)[:120]}")
         del kc, vc
-    sel_bytes = int(distinct) * bk * d * 2 * 2
-    idx_bytes = batch * ctx * di * ki_pages.element_size()
     dense_bytes = batch * ctx * hkv * d * 2 * 2
     for mode, tm, td, ts in (("", t_msa, t_dense, t_sdpa), (", graph", g_msa, g_dense, g_sdpa)):
         gbs = (sel_bytes + idx_bytes) / tm / 1e6
@@ -347,7 +360,7 @@ def bench_decode(tab, layer, batch, ctx, results, qn=1, fp8_index=False):
                 "dense at copy bandwidth" if best == floor else "fastest dense decode", best / tm)
         if mode and qn == 1 and not fp8_index:
             results.setdefault("decode", {})[(batch, ctx)] = best / tm
-    del plan
+    del x
 
 
 # ---------------------------------------------------------------- plot

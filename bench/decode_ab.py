@@ -14,8 +14,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from compare import CEIL_TBS, SPEC, graph_ms, median_ms, rand  # noqa: E402  (puts python/ on the path)
-import torch  # noqa: E402
+from compare import CEIL_TBS, SPEC, decode_bytes, graph_ms, median_ms, paged_decode  # noqa: E402  (puts python/ on the path)
 
 import msagen  # noqa: E402
 
@@ -28,27 +27,14 @@ def main():
     ap.add_argument("--spec", default=SPEC, help="layer spec (default: MiniMax-M3)")
     args = ap.parse_args()
     layer = msagen.load(args.spec)
-    hq, hkv, d, di, bk = layer.heads_q, layer.heads_kv, layer.head_dim, layer.index_dim, layer.block
     for shape in args.shapes.split(","):
         batch, ctx = (int(x) for x in shape.split("x"))
-        per = (ctx + bk - 1) // bk
-        pages = batch * per
-        k_pages, v_pages, ki_pages = rand(pages, hkv, bk, d), rand(pages, hkv, bk, d), rand(pages, bk, di)
-        table = torch.randperm(pages, device="cuda", dtype=torch.int32).view(batch, per)
-        plan = layer.plan(list(range(batch + 1)), [i * ctx for i in range(batch + 1)], page_table=table.cpu(),
-                          num_pages=pages)
-        q, qi = rand(batch, hq, d), rand(batch, hkv, di)
-        out = torch.empty_like(q)
-        lse = torch.empty(batch, hq, device="cuda", dtype=torch.float32)
-        msa = lambda: plan.attention(qi, ki_pages, q, k_pages, v_pages, out=out, lse=lse)  # noqa: E731
-        eager, graph = median_ms(msa, reps=7), graph_ms(msa)
-        ids = plan.index_topk(qi, ki_pages)
-        srt = ids.view(hkv, batch, -1).sort(-1).values
-        distinct = int(((srt[..., 1:] != srt[..., :-1]) & (srt[..., 1:] >= 0)).sum() + (srt[..., 0] >= 0).sum())
-        nbytes = distinct * bk * d * 2 * 2 + batch * ctx * di * ki_pages.element_size()
+        x = paged_decode(layer, batch, ctx)
+        eager, graph = median_ms(x.run, reps=7), graph_ms(x.run)
+        nbytes = sum(decode_bytes(layer, x, batch, ctx))
         print(f"decode b{batch} {ctx // 1024}K [{args.tag}]: eager {eager * 1e3:.1f} us, graph {graph * 1e3:.1f} us "
               f"({nbytes / graph / 1e6 / (CEIL_TBS * 1e3) * 100:.0f}% of copy)", flush=True)
-        del k_pages, v_pages, ki_pages, plan
+        del x
 
 
 if __name__ == "__main__":

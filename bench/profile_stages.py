@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import msagen  # noqa: E402
-from compare import SPEC, median_ms, msa_inputs, rand  # noqa: E402
+from compare import SPEC, median_ms, msa_inputs, paged_decode  # noqa: E402
 
 
 def kernels(fn, top=7):
@@ -44,17 +44,7 @@ def prefill(layer, n, ws_mib):
 
 
 def decode(layer, batch, ctx):
-    hq, hkv, d, di, bk = layer.heads_q, layer.heads_kv, layer.head_dim, layer.index_dim, layer.block
-    per = (ctx + bk - 1) // bk
-    pages = batch * per
-    k_pages, v_pages, ki_pages = rand(pages, hkv, bk, d), rand(pages, hkv, bk, d), rand(pages, bk, di)
-    table = torch.randperm(pages, device="cuda", dtype=torch.int32).view(batch, per)
-    plan = layer.plan(list(range(batch + 1)), [i * ctx for i in range(batch + 1)], page_table=table.cpu(),
-                      num_pages=pages)
-    q, qi = rand(batch, hq, d), rand(batch, hkv, di)
-    out = torch.empty_like(q)
-    lse = torch.empty(batch, hq, device="cuda", dtype=torch.float32)
-    run = lambda: plan.attention(qi, ki_pages, q, k_pages, v_pages, out=out, lse=lse)  # noqa: E731
+    run = paged_decode(layer, batch, ctx).run
     print(f"decode b{batch} {ctx // 1024}K: {median_ms(run, reps=7):.3f} ms | {kernels(run)}", flush=True)
 
 

@@ -340,9 +340,11 @@ int msa_variants_for_layer(const msa_layer *layer, const char *arch, msa_variant
 			vals[1] = both_scheds;
 			nv[1] = 2;
 		}
-		static const int two_consumers[] = {2};
-		if (kind == MSA_K_INDEX_TOPK90 && vals[0] == &f->tunables[0].def && !consumers_fit(layer, vals[0][0]))
-			vals[0] = two_consumers;
+		int consumers[1];	/* plans take index_topk90's default by the layer */
+		if (kind == MSA_K_INDEX_TOPK90 && vals[0] == &f->tunables[0].def) {
+			consumers[0] = msa_index90_consumers(layer);
+			vals[0] = consumers;
+		}
 		for (int k = 0; kind == MSA_K_INDEX_TOPK90 && k < nv[0]; k++)
 			if (!consumers_fit(layer, vals[0][k])) {
 				msa_fmt(err, errlen, "%s:%d: tune.index_topk90.consumers = %d: a CTA's 64 x %d rows "

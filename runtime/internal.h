@@ -252,6 +252,7 @@ char *msa_artifact_key(const char *src, size_t len, const char *arch, size_t *ke
 	X(FuncSetAttribute, (CUfunction, CUfunction_attribute, int)) \
 	X(LaunchKernel, (CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, CUstream, void **, void **)) \
 	X(MemAlloc, (CUdeviceptr *, size_t)) \
+	X(MemGetInfo, (size_t *, size_t *)) \
 	X(TensorMapEncodeTiled, (CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *, const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill)) \
 	X(MemFree, (CUdeviceptr)) \
 	X(MemcpyHtoD, (CUdeviceptr, const void *, size_t)) \

@@ -148,11 +148,28 @@ static int plan_upload(msa_plan *p, const msa_batch *b)
 	return rc;
 }
 
-/* KV-outer workspace: per pass of `chunk` queries the gather lists, the
- * tile map and the per-(query, slot) partials, capped near 1 GiB: longer
+/* Bytes of partials per pass when the batch leaves it to the plan: a
+ * 32nd of all of them, between 1 and 8 GiB, and at most a quarter of the
+ * free memory (never below 1 GiB: the fixed size this replaces).  Longer
  * passes give each (group, block) key more tiles per pass, so K and V of a
  * block are loaded fewer times (sparse_kvo90 keeps them across a CTA's
- * tiles of one key). */
+ * tiles of one key); measured on the H100 at 1M tokens, 1 -> 8 GiB takes
+ * the sparse kernel from 313 to 260 ms and the gather scan from 30 to 12 ms
+ * (bench/RESULTS.md); 16 GiB gains nothing more. */
+static size_t kvo_default_bytes(const msa_cu *cu, size_t per_q, long total_q)
+{
+	const size_t gib = (size_t)1 << 30;
+	size_t want = per_q * (size_t)total_q / 32, free_b = 0, total_b = 0;
+
+	want = want < gib ? gib : want > 8 * gib ? 8 * gib : want;
+	if (want > gib && cu->MemGetInfo(&free_b, &total_b) == CUDA_SUCCESS && want > free_b / 4)
+		want = free_b / 4 > gib ? free_b / 4 : gib;
+	return want;
+}
+
+/* KV-outer workspace: per pass of `chunk` queries the gather lists, the
+ * tile map and the per-(query, slot) partials (kvo_default_bytes unless the
+ * batch sets the size). */
 static int plan_kvo(msa_plan *p, const msa_batch *b)
 {
 	const msa_layer *l = &p->mod->layer;
@@ -169,7 +186,7 @@ static int plan_kvo(msa_plan *p, const msa_batch *b)
 	for (int r = 0; r < b->batch; r++)
 		off[r + 1] = off[r] + (b->cu_kv[r + 1] - b->cu_kv[r] + l->block - 1) / l->block;
 	p->nbt = off[b->batch] > 0 ? off[b->batch] : 1;
-	p->chunk = (int)((b->kvo_workspace ? b->kvo_workspace : (size_t)1 << 30) / per_q);
+	p->chunk = (int)((b->kvo_workspace ? b->kvo_workspace : kvo_default_bytes(cu, per_q, p->total_q)) / per_q);
 	p->chunk = p->chunk < 1 ? 1 : p->chunk > p->total_q ? p->total_q : p->chunk;
 	p->max_tiles = (int)((long)p->chunk * l->heads_kv * l->topk / qt) + l->heads_kv * p->nbt + 1;
 	size_t nkeys = (size_t)l->heads_kv * p->nbt, nb = sizeof(int) * (size_t)(b->batch + 1);

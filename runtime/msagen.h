@@ -192,8 +192,10 @@ typedef struct msa_batch {
 	int nsplit;		/* query-outer split-KV count; 0: the plan picks */
 	int sparse_mode;	/* 0: the plan picks, 1: query-outer, 2: KV-outer
 				   with query gather */
-	size_t kvo_workspace;	/* KV-outer partials per pass; 0: 1 GiB.  A
-				   smaller one means more passes */
+	size_t kvo_workspace;	/* KV-outer partials per pass; 0: the plan
+				   picks (1/32 of all partials, 1-8 GiB, at
+				   most 1/4 of free memory).  A smaller one
+				   means more passes */
 } msa_batch;
 
 typedef struct msa_plan msa_plan;

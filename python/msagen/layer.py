@@ -132,7 +132,8 @@ class Layer(Closing):
         dequantisation scales {"q", "k", "v", "qi", "ki"} (missing or 0
         means 1).  nsplit: query-outer split-KV count (0: the plan picks).
         sparse_mode: 0/"auto", 1/"query-outer", 2/"kv-outer".
-        kvo_workspace: bytes of KV-outer partials per pass (0: 1 GiB)."""
+        kvo_workspace: bytes of KV-outer partials per pass (0: the plan
+        picks, 1/32 of all partials within 1-8 GiB and a quarter of free memory)."""
         return Plan(self, cu_q, cu_kv, page_table, num_pages, scales, nsplit, sparse_mode,
                     kvo_workspace)
 

@@ -34,7 +34,7 @@ def main():
         nbytes = sum(decode_bytes(layer, x, batch, ctx))
         print(f"decode b{batch} {ctx // 1024}K [{args.tag}]: eager {eager * 1e3:.1f} us, graph {graph * 1e3:.1f} us "
               f"({nbytes / graph / 1e6 / (CEIL_TBS * 1e3) * 100:.0f}% of copy)", flush=True)
-        del x
+        x.plan.close()
 
 
 if __name__ == "__main__":

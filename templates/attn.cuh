@@ -242,12 +242,37 @@ __device__ __forceinline__ void zero_acc(float (&o)[D / 8][4])
 		o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
 }
 
-// The main loop every attention kernel shares.  Tiles it < ntiles of BN
-// keys start at key start(it); tile 0 of K and of V is already in stage 0
-// (two cp.async commit groups, K first).  krow(base, n0) gives the row
-// pointers of the tile at n0.  Each warp takes BNW of the BN columns from
-// coff.  full(n0) says a tile needs no mask; otherwise visible(half, key)
-// decides per score (half 0/1: the thread's rows lane/4 and lane/4 + 8).
+// attend_tiles' prologue: K and V of tiles 0 and 1 into stages 0 and 1,
+// four cp.async commit groups (K0 V0 K1 V1; empty past ntiles).  Issue it
+// right after the Q tile (which rides in K0's group), before waiting for
+// anything: a short CTA (a decode split has one or two tiles) then has all
+// its loads in flight at once.  cp_async_wait<3> then means Q and K0 landed.
+template <int D, int BN, int NT, int DT, typename Start, typename KRow>
+__device__ __forceinline__ void attend_prologue(u16 (&ks)[2][BN * D], u16 (&vs)[2][BN * D], const void *any,
+						const void *kbase, const void *vbase, int ntiles, Start start,
+						KRow krow)
+{
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		if (i < ntiles)
+			tile_load<BN, D, NT, DT>(ks[i], any, krow(kbase, start(i)));
+		cp_async_commit();
+		if (i < ntiles)
+			tile_load<BN, D, NT, DT>(vs[i], any, krow(vbase, start(i)));
+		cp_async_commit();
+	}
+}
+
+// The main loop every attention kernel shares, after attend_prologue.
+// Tiles it < ntiles of BN keys start at key start(it).  krow(base, n0)
+// gives the row pointers of the tile at n0.  Each warp takes BNW of the BN
+// columns from coff.  full(n0) says a tile needs no mask; otherwise
+// visible(half, key) decides per score (half 0/1: the thread's rows lane/4
+// and lane/4 + 8).  Both stages stay in flight: V of tile it + 1 is issued
+// as soon as every warp is past tile it - 1's P V, K of tile it + 2 as soon
+// as every warp is past tile it's Q K^T.  Commit order: K0 V0 K1 V1, then
+// per tile an (empty at it = 0) V(it + 1) group and a K(it + 2) group; at
+// either wait the two newest groups may stay pending.
 template <int D, int BN, int BNW, int NT, int DT, typename Start, typename KRow, typename Full,
 	  typename Vis>
 __device__ __forceinline__ void attend_tiles(u16 (&ks)[2][BN * D], u16 (&vs)[2][BN * D], const void *any,
@@ -258,10 +283,10 @@ __device__ __forceinline__ void attend_tiles(u16 (&ks)[2][BN * D], u16 (&vs)[2][
 {
 	for (int it = 0; it < ntiles; it++) {
 		const int stg = it & 1, n0 = start(it);
-		cp_async_wait<1>();
+		cp_async_wait<2>();	// K of tile it
 		__syncthreads();
-		if (it + 1 < ntiles)
-			tile_load<BN, D, NT, DT>(ks[stg ^ 1], any, krow(kbase, start(it + 1)));
+		if (it >= 1 && it + 1 < ntiles)
+			tile_load<BN, D, NT, DT>(vs[stg ^ 1], any, krow(vbase, start(it + 1)));
 		cp_async_commit();
 		float s[BNW / 8][4];
 		qk_tile<D, BNW, MMA_DT(DT)>(qa, ks[stg] + coff * D, s, lane);
@@ -272,10 +297,10 @@ __device__ __forceinline__ void attend_tiles(u16 (&ks)[2][BN * D], u16 (&vs)[2][
 					[&](int half, int col) { return visible(half, n0 + coff + col); });
 		u32 pa[BNW / 16][4];
 		online_softmax<D, BNW, MMA_DT(DT)>(s, st, o, pa);
-		cp_async_wait<1>();
-		__syncthreads();
-		if (it + 1 < ntiles)
-			tile_load<BN, D, NT, DT>(vs[stg ^ 1], any, krow(vbase, start(it + 1)));
+		cp_async_wait<2>();	// V of tile it
+		__syncthreads();	// and every warp is past Q K^T of tile it
+		if (it + 2 < ntiles)
+			tile_load<BN, D, NT, DT>(ks[stg], any, krow(kbase, start(it + 2)));
 		cp_async_commit();
 		pv_tile<D, BNW, MMA_DT(DT)>(pa, vs[stg] + coff * D, o, lane);
 	}

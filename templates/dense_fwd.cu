@@ -80,14 +80,11 @@ msa_dense_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	};
 	const elem_t *kb = k, *vb = v;
 
+	auto tstart = [](int it) { return it * BN; };
+	auto rows = [&](const void *base, int n0) { return krow((const elem_t *)base, n0); };
 	tile_load<BM, D, NTHREADS, MSA_DT_Q>(sm.q, q, qrow);
-	if (ntiles > 0)
-		tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.k[0], q, krow(kb, 0));
-	cp_async_commit();
-	if (ntiles > 0)
-		tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.v[0], q, krow(vb, 0));
-	cp_async_commit();
-	cp_async_wait<1>();
+	attend_prologue<D, BN, NTHREADS, MSA_DT_Q>(sm.k, sm.v, q, kb, vb, ntiles, tstart, rows);
+	cp_async_wait<3>();	// Q and K of tile 0
 	__syncthreads();
 
 	u32 qa[D / 16][4];
@@ -99,8 +96,7 @@ msa_dense_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	const int row_a = m0 + warp * 16 + lane / 4;	// this thread's two rows
 	const int lim_a = causal ? shift + row_a : kv_len - 1;
 	attend_tiles<D, BN, BN, NTHREADS, MSA_DT_Q>(
-		sm.k, sm.v, q, kb, vb, ntiles, [](int it) { return it * BN; },
-		[&](const void *base, int n0) { return krow((const elem_t *)base, n0); },
+		sm.k, sm.v, q, kb, vb, ntiles, tstart, rows,
 		// tiles wholly visible to the warp's rows skip the per-score mask
 		[&](int n0) { return n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + m0 + warp * 16); },
 		[&](int half, int j) { return j < kv_len && j <= lim_a + (causal ? half * 8 : 0); }, 0,

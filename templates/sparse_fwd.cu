@@ -3,9 +3,10 @@
 // its warps (16 per warp; rows >= G are padding) and folds in the group's
 // selected blocks, causal inside them.  With G <= 32 there are too few rows
 // to keep four warps busy, so the warps also split each key tile by
-// columns (each its own online softmax) and merge at the end.  With nsplit > 1 the selected slots
-// are split over CTAs (decode with few queries) and each writes a partial
-// (o, lse) that msa_combine merges.  KV is contiguous or paged.
+// columns (each its own online softmax) and merge at the end.  With
+// nsplit > 1 the selected slots are split over CTAs (decode with few
+// queries) and each writes a partial (o, lse) that msa_combine merges.
+// KV is contiguous or paged.
 #include "attn.cuh"
 
 #define D MSA_D
@@ -34,6 +35,7 @@ struct smem_t {
 	u16 k[2][BN * D];
 	u16 v[2][BN * D];
 	int tile_start[K * SUBS];	// first key of each tile to visit
+	int blk[K];			// the query's selected blocks
 	int ntiles;
 };
 #ifdef MSA_SMEM_BYTES
@@ -46,7 +48,8 @@ static_assert(sizeof(smem_t) <= MSA_SMEM_BYTES, "sparse_fwd: generator's shared-
 __device__ __forceinline__ void merge_columns(smem_t &sm, row_state &st, float (&o)[D / 8][4],
 					      int rw, int cw, int lane)
 {
-	float *xo = reinterpret_cast<float *>(sm.k);	// [NWARPS][32][D/2] + m, l
+	float *xo = reinterpret_cast<float *>(sm.k);	// [NWARPS][D/2][32] + [NWARPS][4][32] m, l
+	// lane fastest: a warp's stores and loads hit 32 different banks
 	float *xm = xo + NWARPS * 32 * (D / 2);
 	const int w = cw * RW + rw;
 	__syncthreads();	// every warp is done with the tiles
@@ -55,11 +58,11 @@ __device__ __forceinline__ void merge_columns(smem_t &sm, row_state &st, float (
 		for (int j = 0; j < D / 8; j++)
 #pragma unroll
 			for (int e = 0; e < 4; e++)
-				xo[((size_t)w * 32 + lane) * (D / 2) + j * 4 + e] = o[j][e];
+				xo[(w * (D / 2) + j * 4 + e) * 32 + lane] = o[j][e];
 #pragma unroll
 		for (int h = 0; h < 2; h++) {
-			xm[(w * 32 + lane) * 4 + h] = st.m[h];
-			xm[(w * 32 + lane) * 4 + 2 + h] = st.l[h];
+			xm[(w * 4 + h) * 32 + lane] = st.m[h];
+			xm[(w * 4 + 2 + h) * 32 + lane] = st.l[h];
 		}
 	}
 	__syncthreads();
@@ -70,7 +73,7 @@ __device__ __forceinline__ void merge_columns(smem_t &sm, row_state &st, float (
 		float a[2], b[2];
 #pragma unroll
 		for (int h = 0; h < 2; h++) {
-			float mc = xm[(wc * 32 + lane) * 4 + h], lc = xm[(wc * 32 + lane) * 4 + 2 + h];
+			float mc = xm[(wc * 4 + h) * 32 + lane], lc = xm[(wc * 4 + 2 + h) * 32 + lane];
 			float m = fmaxf(st.m[h], mc), base = m == -MSA_INF ? 0.f : m;
 			a[h] = st.m[h] == -MSA_INF ? 0.f : fast_exp2(st.m[h] - base);
 			b[h] = mc == -MSA_INF ? 0.f : fast_exp2(mc - base);
@@ -82,7 +85,7 @@ __device__ __forceinline__ void merge_columns(smem_t &sm, row_state &st, float (
 #pragma unroll
 			for (int e = 0; e < 4; e++)
 				o[j][e] = o[j][e] * a[e / 2] +
-					  xo[((size_t)wc * 32 + lane) * (D / 2) + j * 4 + e] * b[e / 2];
+					  xo[(wc * (D / 2) + j * 4 + e) * 32 + lane] * b[e / 2];
 	}
 }
 
@@ -103,27 +106,40 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	const int q_len = cu_q[r + 1] - cu_q[r], k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
 	const int p = kv_len - q_len + (t - cu_q[r]);	// last key this query sees
 
-	// The tiles of this split's slots: valid, visible, not already chosen
-	// by an earlier slot (a repeated block counts once).
-	if (threadIdx.x == 0) {
-		const int *row = ids + ((size_t)g * total_q + t) * K;
-		int n = 0;
-		for (int s = split * K / nsplit; s < (split + 1) * K / nsplit; s++) {
-			int b = row[s], dup = 0;
-			if (b < 0 || b * BK > p || b * BK >= kv_len)
-				continue;
-			for (int e = 0; e < s; e++)
-				dup |= row[e] == b;
-			for (int sub = 0; !dup && sub < SUBS && b * BK + sub * BN <= p; sub++)
-				sm.tile_start[n++] = b * BK + sub * BN;
-		}
-		sm.ntiles = n;
-	}
 	const size_t qstride = (size_t)MSA_HQ * D * ES;
 	const elem_t *qb = q + (size_t)t * qstride + (size_t)g * MSA_G * D * ES;
 	tile_load<ROWS, D, NTHREADS, MSA_DT_Q>(sm.q, q, [&](int row) {
 		return row < MSA_G ? qb + (size_t)row * D * ES : nullptr;
 	});
+	// The tiles of this split's slots: valid, visible, not already chosen
+	// by an earlier slot (a repeated block counts once).  Warp 0 takes a
+	// slot per lane and places its tiles by a prefix sum.
+	const int s0 = split * K / nsplit, s1 = (split + 1) * K / nsplit;
+	const int *sel = ids + ((size_t)g * total_q + t) * K;
+	for (int s = threadIdx.x; s < s1; s += NTHREADS)
+		sm.blk[s] = sel[s];
+	__syncthreads();
+	if (warp == 0) {
+		int n = 0;
+		for (int c = s0; c < s1; c += 32) {
+			const int s = c + lane, b = s < s1 ? sm.blk[s] : -1;
+			bool ok = b >= 0 && b * BK <= p && b * BK < kv_len;
+			for (int e = 0; ok && e < s; e++)
+				ok = sm.blk[e] != b;
+			const int cnt = ok ? min(SUBS, (p - b * BK) / BN + 1) : 0;
+			int x = cnt;
+#pragma unroll
+			for (int off = 1; off < 32; off <<= 1) {
+				const int y = __shfl_up_sync(0xffffffffu, x, off);
+				x += lane >= off ? y : 0;
+			}
+			for (int sub = 0; sub < cnt; sub++)
+				sm.tile_start[n + x - cnt + sub] = b * BK + sub * BN;
+			n += __shfl_sync(0xffffffffu, x, 31);
+		}
+		if (lane == 0)
+			sm.ntiles = n;
+	}
 	__syncthreads();
 	const int ntiles = sm.ntiles;
 	auto krow = [&](const elem_t *base, int n0) {
@@ -137,13 +153,10 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 			return base + ((page * MSA_HKV + g) * BK + j % BK) * D * ES;
 		};
 	};
-	if (ntiles > 0)
-		tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.k[0], q, krow(k, sm.tile_start[0]));
-	cp_async_commit();
-	if (ntiles > 0)
-		tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.v[0], q, krow(v, sm.tile_start[0]));
-	cp_async_commit();
-	cp_async_wait<1>();
+	auto tstart = [&](int it) { return sm.tile_start[it]; };
+	auto rows = [&](const void *base, int n0) { return krow((const elem_t *)base, n0); };
+	attend_prologue<D, BN, NTHREADS, MSA_DT_Q>(sm.k, sm.v, q, k, v, ntiles, tstart, rows);
+	cp_async_wait<3>();	// Q and K of tile 0
 	__syncthreads();
 
 	u32 qa[D / 16][4];
@@ -153,17 +166,13 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	row_state st;
 	row_state_init(st);
 	attend_tiles<D, BN, BNW, NTHREADS, MSA_DT_Q>(
-		sm.k, sm.v, q, k, v, ntiles, [&](int it) { return sm.tile_start[it]; },
-		[&](const void *base, int n0) { return krow((const elem_t *)base, n0); },
+		sm.k, sm.v, q, k, v, ntiles, tstart, rows,
 		[&](int n0) { return n0 + cw * BNW + BNW - 1 <= p && n0 + cw * BNW + BNW <= kv_len; },
 		[&](int, int j) { return j <= p && j < kv_len; }, cw * BNW, scale_log2, qa, st, o, lane);
 	if (CW > 1)
 		merge_columns(sm, st, o, rw, cw, lane);
-	if (cw != 0)
-		return;
-
 #pragma unroll
-	for (int half = 0; half < 2; half++) {
+	for (int half = 0; half < 2 && cw == 0; half++) {
 		float inv;
 		const float l = row_finish(st, half, inv);
 		const int row = rw * 16 + lane / 4 + half * 8;

@@ -86,13 +86,10 @@ msa_sparse_kvo(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 			return base + ((page * MSA_HKV + g) * BK + j % BK) * D * ES;
 		};
 	};
-	if (ntiles_kv > 0)
-		tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.k[0], q, krow(k, b * BK));
-	cp_async_commit();
-	if (ntiles_kv > 0)
-		tile_load<BN, D, NTHREADS, MSA_DT_Q>(sm.v[0], q, krow(v, b * BK));
-	cp_async_commit();
-	cp_async_wait<1>();
+	auto tstart = [&](int it) { return b * BK + it * BN; };
+	auto rows = [&](const void *base, int n0) { return krow((const elem_t *)base, n0); };
+	attend_prologue<D, BN, NTHREADS, MSA_DT_Q>(sm.k, sm.v, q, k, v, ntiles_kv, tstart, rows);
+	cp_async_wait<3>();	// Q and K of tile 0
 	__syncthreads();
 
 	u32 qa[D / 16][4];
@@ -104,8 +101,7 @@ msa_sparse_kvo(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	const int row_a = warp * 16 + lane / 4;
 	const int lim[2] = {sm.pos[min(row_a / G, QT - 1)], sm.pos[min((row_a + 8) / G, QT - 1)]};
 	attend_tiles<D, BN, BN, NTHREADS, MSA_DT_Q>(
-		sm.k, sm.v, q, k, v, ntiles_kv, [&](int it) { return b * BK + it * BN; },
-		[&](const void *base, int n0) { return krow((const elem_t *)base, n0); },
+		sm.k, sm.v, q, k, v, ntiles_kv, tstart, rows,
 		[](int) { return false; },
 		[&](int half, int j) { return j <= lim[half] && j < kend; }, 0, scale_log2, qa, st, o, lane);
 

@@ -11,32 +11,53 @@
 #define D MSA_D
 typedef dtype_traits<MSA_DT_OUT>::T out_t;
 
-// out = acc / wsum in the output type, lse = m + log(wsum); a row with no
-// partial gives 0 and -inf.
-__device__ __forceinline__ void store_merged(const float (&acc)[D / 32], float wsum, float m, out_t *dst,
-					     float *lse, int lane)
+#define E (D / 32)	// contiguous columns per lane
+static_assert(E == 2 || E == 4, "combine: head_dim 64 or 128");
+
+// Columns lane * E .. lane * E + E - 1 of partial row `at` (fp32 or bf16).
+template <bool BF16>
+__device__ __forceinline__ void load_cols(const void *part_o, size_t at, int lane, float (&x)[E])
 {
-	const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+	if (BF16) {
+		const u16 *p = reinterpret_cast<const u16 *>(part_o) + at * D + lane * E;
+		u32 r[E / 2];
+		if (E == 4) {
+			const uint2 v = *reinterpret_cast<const uint2 *>(p);
+			r[0] = v.x, r[E / 2 - 1] = v.y;
+		} else {
+			r[0] = *reinterpret_cast<const u32 *>(p);
+		}
 #pragma unroll
-	for (int e = 0; e < D / 32; e++)
-		dst[lane + 32 * e] = (u16)(pack2<MSA_DT_OUT>(acc[e] * inv, 0.f) & 0xffff);
-	if (lane == 0)
-		*lse = wsum > 0.f ? m + __logf(wsum) : -MSA_INF;
+		for (int j = 0; j < E / 2; j++)
+			x[2 * j] = bf16_to_f((u16)(r[j] & 0xffff)), x[2 * j + 1] = bf16_to_f((u16)(r[j] >> 16));
+	} else {
+		const float *p = reinterpret_cast<const float *>(part_o) + at * D + lane * E;
+		if (E == 4) {
+			const float4 v = *reinterpret_cast<const float4 *>(p);
+			x[0] = v.x, x[1] = v.y, x[E - 2] = v.z, x[E - 1] = v.w;
+		} else {
+			const float2 v = *reinterpret_cast<const float2 *>(p);
+			x[0] = v.x, x[1] = v.y;
+		}
+	}
 }
 
-// Mode 0 (decode: few rows, every split wrote its partial): lanes load one
-// split's lse each, then every lane issues its columns of all partials
-// before summing, so a row costs two round trips to memory, not two per
-// split.  nsplit <= 64 (the splits divide the k <= 64 slots).
-__device__ __forceinline__ void merge_splits(const float *__restrict__ part_o, const float *__restrict__ part_lse,
-					     int row, int rows, int nsplit, out_t *__restrict__ out,
-					     float *__restrict__ lse, int lane)
+// One warp merges the nsplit partials of one row, partial s at base + s *
+// step.  Lanes load one partial's lse each (nsplit <= 64: the k <= 64
+// slots, or splits of them), then every lane issues its columns of eight
+// partials before summing them, so the loads are in flight together
+// instead of two dependent ones per partial.  A partial with lse -inf
+// (an unused KV-outer slot, or a split that saw no key) is not read.
+template <bool BF16>
+__device__ __forceinline__ void merge_row(const void *__restrict__ part_o, const float *__restrict__ part_lse,
+					  size_t base, size_t step, int nsplit, out_t *__restrict__ dst,
+					  float *__restrict__ lse, int lane)
 {
 	float w[2], m = -MSA_INF, wsum = 0.f;
 #pragma unroll
 	for (int h = 0; h < 2; h++) {
 		const int s = lane + 32 * h;
-		w[h] = s < nsplit ? part_lse[row + (size_t)s * rows] : -MSA_INF;
+		w[h] = s < nsplit ? part_lse[base + s * step] : -MSA_INF;
 		m = fmaxf(m, w[h]);
 	}
 #pragma unroll
@@ -50,70 +71,60 @@ __device__ __forceinline__ void merge_splits(const float *__restrict__ part_o, c
 #pragma unroll
 	for (int off = 16; off > 0; off >>= 1)
 		wsum += __shfl_xor_sync(0xffffffffu, wsum, off);
-	float acc[D / 32];
+	float acc[E];
 #pragma unroll
-	for (int e = 0; e < D / 32; e++)
+	for (int e = 0; e < E; e++)
 		acc[e] = 0.f;
-	for (int s0 = 0; s0 < nsplit; s0 += 8) {	// 8 partials' loads, then their sums
-		float x[8][D / 32], ws[8];
+	for (int s0 = 0; s0 < nsplit; s0 += 8) {
+		float x[8][E], ws[8];
 #pragma unroll
 		for (int i = 0; i < 8; i++) {
 			const int s = min(s0 + i, nsplit - 1);
 			const float wi = __shfl_sync(0xffffffffu, s < 32 ? w[0] : w[1], s % 32);
 			ws[i] = s0 + i < nsplit ? wi : 0.f;
-			const float *src = part_o + ((size_t)s * rows + row) * D + lane;
 #pragma unroll
-			for (int e = 0; e < D / 32; e++)
-				x[i][e] = src[32 * e];
+			for (int e = 0; e < E; e++)
+				x[i][e] = 0.f;
+			if (ws[i] > 0.f)
+				load_cols<BF16>(part_o, base + s * step, lane, x[i]);
 		}
 #pragma unroll
 		for (int i = 0; i < 8; i++)
 #pragma unroll
-			for (int e = 0; e < D / 32; e++)
-				acc[e] += ws[i] * x[i][e];	// finite: every split wrote its rows
+			for (int e = 0; e < E; e++)
+				acc[e] += ws[i] * x[i][e];
 	}
-	store_merged(acc, wsum, m, out + (size_t)row * D, lse + row, lane);
+	const float inv = wsum > 0.f ? 1.f / wsum : 0.f;
+	u32 packed[E / 2];
+#pragma unroll
+	for (int j = 0; j < E / 2; j++)
+		packed[j] = pack2<MSA_DT_OUT>(acc[2 * j] * inv, acc[2 * j + 1] * inv);
+	if (E == 4)
+		*reinterpret_cast<uint2 *>(dst + lane * E) = make_uint2(packed[0], packed[E / 2 - 1]);
+	else
+		*reinterpret_cast<u32 *>(dst + lane * E) = packed[0];
+	if (lane == 0)
+		*lse = wsum > 0.f ? m + __logf(wsum) : -MSA_INF;
 }
 
-extern "C" __global__ void __launch_bounds__(128)
+// 8 CTAs an SM leave 64 registers a thread: room for eight partials in
+// flight per lane (32 would spill them)
+extern "C" __global__ void __launch_bounds__(128, 8)
 msa_combine(const float *__restrict__ part_o, const float *__restrict__ part_lse, int nsplit,
 	    int rows, int mode, out_t *__restrict__ out, float *__restrict__ lse)
 {
 	const int row = blockIdx.x * 4 + threadIdx.x / 32, lane = threadIdx.x % 32;
 	if (row >= rows)
 		return;
+	out_t *dst = out + (size_t)row * D;
 	if (mode == 0) {
-		merge_splits(part_o, part_lse, row, rows, nsplit, out, lse, lane);
+		merge_row<false>(part_o, part_lse, row, rows, nsplit, dst, lse + row, lane);
 		return;
 	}
 	const int t = row / MSA_HQ, hq = row % MSA_HQ;
-	const size_t base = ((size_t)t * MSA_HKV + hq / MSA_G) * nsplit * MSA_G + hq % MSA_G, step = MSA_G;
-	float m = -MSA_INF;
-	for (int s = 0; s < nsplit; s++)
-		m = fmaxf(m, part_lse[base + s * step]);
-	float acc[D / 32], wsum = 0.f;
-#pragma unroll
-	for (int e = 0; e < D / 32; e++)
-		acc[e] = 0.f;
-	if (m != -MSA_INF) {
-		for (int s = 0; s < nsplit; s++) {
-			float ls = part_lse[base + s * step];
-			if (ls == -MSA_INF)
-				continue;
-			float w = __expf(ls - m);
-			wsum += w;
-			const size_t at = (base + s * step) * D;
-			if (mode == 2) {
-				const u16 *po = reinterpret_cast<const u16 *>(part_o) + at;
-#pragma unroll
-				for (int e = 0; e < D / 32; e++)
-					acc[e] += w * bf16_to_f(po[lane + 32 * e]);
-			} else {
-#pragma unroll
-				for (int e = 0; e < D / 32; e++)
-					acc[e] += w * part_o[at + lane + 32 * e];
-			}
-		}
-	}
-	store_merged(acc, wsum, m, out + (size_t)row * D, lse + row, lane);
+	const size_t base = ((size_t)t * MSA_HKV + hq / MSA_G) * nsplit * MSA_G + hq % MSA_G;
+	if (mode == 2)
+		merge_row<true>(part_o, part_lse, base, MSA_G, nsplit, dst, lse + row, lane);
+	else
+		merge_row<false>(part_o, part_lse, base, MSA_G, nsplit, dst, lse + row, lane);
 }

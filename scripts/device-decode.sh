@@ -5,18 +5,8 @@
 # A/B on one card; with ENVS="A=1 A=0" settings of an environment variable
 # take turns instead.  Logs in $OUT.
 set -u
-OUT=${OUT:-/tmp/msagen-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MSAGEN_BIN=$PWD/build/msagen
-export MSAGEN_CACHE_DIR=${MSAGEN_CACHE_DIR:-$(mktemp -d)}
-if [ "${TEST:-1}" = 1 ]; then
-	for t in build/tests/t_msa_gpu build/tests/t_dense_gpu; do
-		echo "== $t"
-		timeout ${TEST_TIMEOUT:-600} $t > "$OUT/$(basename $t).tap" 2>&1
-		echo "rc=$? $(grep -c '^ok' "$OUT/$(basename $t).tap") ok, $(grep -c '^not ok' "$OUT/$(basename $t).tap") not ok"
-		grep '^not ok' "$OUT/$(basename $t).tap"
-	done
-fi
+. "$(dirname "$0")/device-env.sh"
+[ "${TEST:-1}" = 1 ] && gpu_tests build/tests/t_msa_gpu build/tests/t_dense_gpu
 for round in $(seq ${ROUNDS:-2}); do
 	if [ -n "${OLD:-}" ]; then
 		for b in $OLD build; do

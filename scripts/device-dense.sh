@@ -5,15 +5,9 @@
 # e.g. of the previous commit) its dense_tiles runs in turns with ours, two
 # rounds each, for an A/B on one card.  Logs in $OUT.
 set -u
-OUT=${OUT:-/tmp/msagen-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MSAGEN_BIN=$PWD/build/msagen
-export MSAGEN_CACHE_DIR=${MSAGEN_CACHE_DIR:-$(mktemp -d)}
+. "$(dirname "$0")/device-env.sh"
 SIZES=${SIZES:-8192 32768}
-echo "== t_dense_gpu"
-timeout ${TEST_TIMEOUT:-600} build/tests/t_dense_gpu > "$OUT/t_dense_gpu.tap" 2>&1
-echo "rc=$? $(grep -c '^ok' "$OUT/t_dense_gpu.tap") ok, $(grep -c '^not ok' "$OUT/t_dense_gpu.tap") not ok"
-grep '^not ok' "$OUT/t_dense_gpu.tap"
+gpu_tests build/tests/t_dense_gpu
 nvidia-smi --query-gpu=clocks.sm,power.draw,clocks_throttle_reasons.active --format=csv -lms 500 > "$OUT/smi.csv" &
 smi=$!
 for round in 1 2; do

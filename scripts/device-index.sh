@@ -5,16 +5,8 @@
 # the two builds run in turns, ROUNDS rounds, for an A/B on one card.
 # Logs in $OUT.
 set -u
-OUT=${OUT:-/tmp/msagen-out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 MSAGEN_BIN=$PWD/build/msagen
-export MSAGEN_CACHE_DIR=${MSAGEN_CACHE_DIR:-$(mktemp -d)}
-if [ "${TEST:-1}" = 1 ]; then
-	echo "== t_msa_gpu"
-	timeout ${TEST_TIMEOUT:-600} build/tests/t_msa_gpu > "$OUT/t_msa_gpu.tap" 2>&1
-	echo "rc=$? $(grep -c '^ok' "$OUT/t_msa_gpu.tap") ok, $(grep -c '^not ok' "$OUT/t_msa_gpu.tap") not ok"
-	grep '^not ok' "$OUT/t_msa_gpu.tap"
-fi
+. "$(dirname "$0")/device-env.sh"
+[ "${TEST:-1}" = 1 ] && gpu_tests build/tests/t_msa_gpu
 for round in $(seq ${ROUNDS:-2}); do
 	for b in ${OLD:-} build; do
 		echo "== index_ab $b (round $round)"

@@ -243,10 +243,11 @@ __device__ __forceinline__ void zero_acc(float (&o)[D / 8][4])
 }
 
 // attend_tiles' prologue: K and V of tiles 0 and 1 into stages 0 and 1,
-// four cp.async commit groups (K0 V0 K1 V1; empty past ntiles).  Issue it
-// right after the Q tile (which rides in K0's group), before waiting for
-// anything: a short CTA (a decode split has one or two tiles) then has all
-// its loads in flight at once.  cp_async_wait<3> then means Q and K0 landed.
+// four cp.async commit groups (K0 V0 K1 V1; empty past ntiles).  Call it
+// right after issuing the Q tile (which rides in K0's group), before
+// waiting for anything: a short CTA (a decode split has one or two tiles)
+// then has all its loads in flight at once.  Returns once Q and K0 have
+// landed and are visible to the whole CTA.
 template <int D, int BN, int NT, int DT, typename Start, typename KRow>
 __device__ __forceinline__ void attend_prologue(u16 (&ks)[2][BN * D], u16 (&vs)[2][BN * D], const void *any,
 						const void *kbase, const void *vbase, int ntiles, Start start,
@@ -261,6 +262,8 @@ __device__ __forceinline__ void attend_prologue(u16 (&ks)[2][BN * D], u16 (&vs)[
 			tile_load<BN, D, NT, DT>(vs[i], any, krow(vbase, start(i)));
 		cp_async_commit();
 	}
+	cp_async_wait<3>();
+	__syncthreads();
 }
 
 // The main loop every attention kernel shares, after attend_prologue.

@@ -84,8 +84,6 @@ msa_dense_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	auto rows = [&](const void *base, int n0) { return krow((const elem_t *)base, n0); };
 	tile_load<BM, D, NTHREADS, MSA_DT_Q>(sm.q, q, qrow);
 	attend_prologue<D, BN, NTHREADS, MSA_DT_Q>(sm.k, sm.v, q, kb, vb, ntiles, tstart, rows);
-	cp_async_wait<3>();	// Q and K of tile 0
-	__syncthreads();
 
 	u32 qa[D / 16][4];
 	load_a_frags<D>(qa, sm.q, warp * 16, lane);

@@ -156,8 +156,6 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	auto tstart = [&](int it) { return sm.tile_start[it]; };
 	auto rows = [&](const void *base, int n0) { return krow((const elem_t *)base, n0); };
 	attend_prologue<D, BN, NTHREADS, MSA_DT_Q>(sm.k, sm.v, q, k, v, ntiles, tstart, rows);
-	cp_async_wait<3>();	// Q and K of tile 0
-	__syncthreads();
 
 	u32 qa[D / 16][4];
 	load_a_frags<D>(qa, sm.q, rw * 16, lane);

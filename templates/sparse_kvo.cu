@@ -89,8 +89,6 @@ msa_sparse_kvo(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	auto tstart = [&](int it) { return b * BK + it * BN; };
 	auto rows = [&](const void *base, int n0) { return krow((const elem_t *)base, n0); };
 	attend_prologue<D, BN, NTHREADS, MSA_DT_Q>(sm.k, sm.v, q, k, v, ntiles_kv, tstart, rows);
-	cp_async_wait<3>();	// Q and K of tile 0
-	__syncthreads();
 
 	u32 qa[D / 16][4];
 	load_a_frags<D>(qa, sm.q, warp * 16, lane);

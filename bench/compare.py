@@ -288,9 +288,10 @@ def graph_ms(fn, calls=10):
     return t
 
 
-def paged_decode(layer, batch, ctx, qn=1, idt=torch.bfloat16):
+def paged_decode(layer, batch, ctx, qn=1, idt=torch.bfloat16, nsplit=0):
     """Decode inputs: qn new queries per request over ctx cached tokens in
-    shuffled pages, the plan, and run() for the whole MSA decode step."""
+    shuffled pages, the plan (nsplit: its split count, 0 to let it pick),
+    and run() for the whole MSA decode step."""
     hq, hkv, d, di, bk = layer.heads_q, layer.heads_kv, layer.head_dim, layer.index_dim, layer.block
     x = argparse.Namespace(per=(ctx + bk - 1) // bk)
     pages = batch * x.per
@@ -298,7 +299,7 @@ def paged_decode(layer, batch, ctx, qn=1, idt=torch.bfloat16):
     x.ki_pages = rand(pages, bk, di).to(idt)
     x.table = torch.randperm(pages, device="cuda", dtype=torch.int32).view(batch, x.per)
     x.plan = layer.plan([i * qn for i in range(batch + 1)], [i * ctx for i in range(batch + 1)],
-                        page_table=x.table.cpu(), num_pages=pages)
+                        page_table=x.table.cpu(), num_pages=pages, nsplit=nsplit)
     x.q, x.qi = rand(batch * qn, hq, d), rand(batch * qn, hkv, di).to(idt)
     x.out = torch.empty_like(x.q)
     x.lse = torch.empty(batch * qn, hq, device="cuda", dtype=torch.float32)

@@ -6,7 +6,7 @@ bandwidth on the bytes decode must read (compare.py's count).  For an A/B
 of two builds or settings on one card, run it once per variant in turns;
 --tag names the variant in the lines (default: MSAGEN_LIB).
 
-    python3 bench/decode_ab.py [--shapes 1x8192,1x131072,8x131072] [--tag new]
+    python3 bench/decode_ab.py [--shapes 1x8192,1x131072,8x131072] [--tag new] [--nsplit 0,16,32]
 """
 import argparse
 import os
@@ -25,16 +25,20 @@ def main():
                     help="comma list of BATCHxCONTEXT")
     ap.add_argument("--tag", default=os.environ.get("MSAGEN_LIB", "this build"), help="variant name in the lines")
     ap.add_argument("--spec", default=SPEC, help="layer spec (default: MiniMax-M3)")
+    ap.add_argument("--nsplit", default="0", help="comma list of split counts to run each shape with (0: the plan's)")
     args = ap.parse_args()
     layer = msagen.load(args.spec)
     for shape in args.shapes.split(","):
         batch, ctx = (int(x) for x in shape.split("x"))
-        x = paged_decode(layer, batch, ctx)
-        eager, graph = median_ms(x.run, reps=7), graph_ms(x.run)
-        nbytes = sum(decode_bytes(layer, x, batch, ctx))
-        print(f"decode b{batch} {ctx // 1024}K [{args.tag}]: eager {eager * 1e3:.1f} us, graph {graph * 1e3:.1f} us "
-              f"({nbytes / graph / 1e6 / (CEIL_TBS * 1e3) * 100:.0f}% of copy)", flush=True)
-        x.plan.close()
+        for ns in (int(n) for n in args.nsplit.split(",")):
+            x = paged_decode(layer, batch, ctx, nsplit=ns)
+            eager, graph = median_ms(x.run, reps=7), graph_ms(x.run)
+            nbytes = sum(decode_bytes(layer, x, batch, ctx))
+            print(f"decode b{batch} {ctx // 1024}K [{args.tag}, {x.plan.nsplit} splits]: eager {eager * 1e3:.1f} us, "
+                  f"graph {graph * 1e3:.1f} us ({nbytes / graph / 1e6 / (CEIL_TBS * 1e3) * 100:.0f}% of copy)",
+                  flush=True)
+            x.plan.close()
+            del x
 
 
 if __name__ == "__main__":

@@ -61,19 +61,20 @@ static int plan_kernels(msa_plan *p)
 	return MSA_OK;
 }
 
-/* Few (query, group) pairs leave the GPU idle: split the k slots, up to
- * two CTAs per SM (one wave: a second wave would double the latency of
+/* Few (query, group) pairs leave the GPU idle: split the selected 64-key
+ * tiles (k x Bk / 64 of them, at most 64 splits: the combine's limit), up
+ * to two CTAs per SM (one wave: a second wave would double the latency of
  * these short CTAs). */
 static int pick_nsplit(const msa_plan *p, int want)
 {
 	const msa_layer *l = &p->mod->layer;
 	long ctas = (long)p->total_q * l->heads_kv;
-	int n = 1;
+	int n = 1, most = l->topk * (l->block / 64) < 64 ? l->topk * (l->block / 64) : 64;
 	if (want > 0)
-		return want < l->topk ? want : l->topk;
-	while (n < l->topk && ctas * n * 2 <= 2L * p->mod->sms)
+		return want < most ? want : most;
+	while (n < most && ctas * n * 2 <= 2L * p->mod->sms)
 		n *= 2;
-	return n < l->topk ? n : l->topk;
+	return n < most ? n : most;
 }
 
 /* Few (query tile, head, request) CTAs for long contexts: split each

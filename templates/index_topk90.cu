@@ -152,11 +152,15 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	}
 	const int wg = threadIdx.x / 128;
 
+	// Consumer warpgroups with a valid row: the others (past a short tile's
+	// end, and every one but the first in decode) leave at once, so their
+	// products are not computed and the ring waits on the active ones only.
+	const int nact = min(NCW, (min(QPC, q_len - m0) * HI + 63) / 64);
 	if (threadIdx.x == 0) {
 		mbar_init(bq, 1);
 		for (int s = 0; s < NST; s++) {
 			mbar_init(bfull + 8 * s, 1);
-			mbar_init(bempty + 8 * s, 128 * NCW);
+			mbar_init(bempty + 8 * s, 128 * nact);
 		}
 		asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 	}
@@ -186,6 +190,8 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 		return;
 	}
 	setmaxnreg_inc<MSA_CREGS>();
+	if (wg > nact)
+		return;
 
 	const int cw = wg - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
 	const int rr0 = cw * 64 + warp * 16 + lane / 4;	// CTA rows rr0, rr0 + 8
@@ -293,7 +299,7 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	};
 	auto release = [&](int it) { mbar_arrive(bempty + 8 * ((it - it0) % NST)); };
 
-	// Every warpgroup computes every block of the CTA: a block past its own
+	// Every active warpgroup computes every block of the CTA: a block past its own
 	// rows costs at most one tile, and a uniform trip count keeps the wgmma
 	// chains convergent.  Two S buffers: block it+1's products run while
 	// block it's score and top-k are worked out (and the other warpgroup

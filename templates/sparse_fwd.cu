@@ -4,7 +4,7 @@
 // selected blocks, causal inside them.  With G <= 32 there are too few rows
 // to keep four warps busy, so the warps also split each key tile by
 // columns (each its own online softmax) and merge at the end.  With
-// nsplit > 1 the selected slots are split over CTAs (decode with few
+// nsplit > 1 the selected tiles are split over CTAs (decode with few
 // queries) and each writes a partial (o, lse) that msa_combine merges.
 // KV is contiguous or paged.
 #include "attn.cuh"
@@ -111,18 +111,19 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	tile_load<ROWS, D, NTHREADS, MSA_DT_Q>(sm.q, q, [&](int row) {
 		return row < MSA_G ? qb + (size_t)row * D * ES : nullptr;
 	});
-	// The tiles of this split's slots: valid, visible, not already chosen
+	// The tiles of the selected blocks: valid, visible, not already chosen
 	// by an earlier slot (a repeated block counts once).  Warp 0 takes a
-	// slot per lane and places its tiles by a prefix sum.
-	const int s0 = split * K / nsplit, s1 = (split + 1) * K / nsplit;
+	// slot per lane and places its tiles by a prefix sum.  With nsplit > 1
+	// each CTA takes an even share of that list: splits go by tiles, not
+	// slots, so a decode query can spread over up to k x Bk / 64 CTAs.
 	const int *sel = ids + ((size_t)g * total_q + t) * K;
-	for (int s = threadIdx.x; s < s1; s += NTHREADS)
+	for (int s = threadIdx.x; s < K; s += NTHREADS)
 		sm.blk[s] = sel[s];
 	__syncthreads();
 	if (warp == 0) {
 		int n = 0;
-		for (int c = s0; c < s1; c += 32) {
-			const int s = c + lane, b = s < s1 ? sm.blk[s] : -1;
+		for (int c = 0; c < K; c += 32) {
+			const int s = c + lane, b = s < K ? sm.blk[s] : -1;
 			bool ok = b >= 0 && b * BK <= p && b * BK < kv_len;
 			for (int e = 0; ok && e < s; e++)
 				ok = sm.blk[e] != b;
@@ -141,7 +142,7 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 			sm.ntiles = n;
 	}
 	__syncthreads();
-	const int ntiles = sm.ntiles;
+	const int t0 = split * sm.ntiles / nsplit, ntiles = (split + 1) * sm.ntiles / nsplit - t0;
 	auto krow = [&](const elem_t *base, int n0) {
 		return [=](int rr) -> const elem_t * {
 			int j = n0 + rr;
@@ -153,7 +154,7 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 			return base + ((page * MSA_HKV + g) * BK + j % BK) * D * ES;
 		};
 	};
-	auto tstart = [&](int it) { return sm.tile_start[it]; };
+	auto tstart = [&](int it) { return sm.tile_start[t0 + it]; };
 	auto rows = [&](const void *base, int n0) { return krow((const elem_t *)base, n0); };
 	attend_prologue<D, BN, NTHREADS, MSA_DT_Q>(sm.k, sm.v, q, k, v, ntiles, tstart, rows);
 

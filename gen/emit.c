@@ -20,7 +20,7 @@ static const msa_family families[MSA_K_COUNT] = {
 	},
 	[MSA_K_INDEX_SCORES] = {"index_scores", F_INDEX, "index_topk.cu", "msa_index_topk", NULL, 0, {{0}}},
 	[MSA_K_INDEX_TOPK] = {"index_topk", F_INDEX, "index_topk.cu", "msa_index_topk", NULL, 0, {{0}}},
-	[MSA_K_TOPK] = {"topk", MSA_F_HEADS | MSA_F_BK | MSA_F_TOPK, "topk.cu", "msa_topk", NULL, 0, {{0}}},
+	[MSA_K_TOPK] = {"topk", MSA_F_HEADS | MSA_F_BK | MSA_F_TOPK, "topk.cu", "msa_topk", "msa_topk_rows", 0, {{0}}},
 	[MSA_K_SPARSE_FWD] = {"sparse_fwd", F_ATTN | MSA_F_TOPK, "sparse_fwd.cu", "msa_sparse_fwd", NULL, 0, {{0}}},
 	[MSA_K_COMBINE] = {"combine", MSA_F_DTOUT | MSA_F_HEADS | MSA_F_D, "combine.cu", "msa_combine", NULL, 0, {{0}}},
 	[MSA_K_GATHER] = {"gather", MSA_F_HEADS | MSA_F_BK | MSA_F_TOPK, "gather.cu", "msa_gather",
@@ -277,6 +277,13 @@ int msa_dense90_sched(const msa_layer *l, int causal, long max_q)
 static int consumers_fit(const msa_layer *l, int ncw)
 {
 	return l->heads_kv > 0 && 64 * ncw % l->heads_kv == 0;
+}
+
+/* The most CTAs per row of msa_topk_rows: clusters of up to 8 from sm_90
+ * on. */
+int msa_topk_cluster(const char *arch)
+{
+	return arch_number(arch) >= 900 ? 8 : 1;
 }
 
 int msa_index90_consumers(const msa_layer *l)
@@ -555,6 +562,8 @@ static void sb_prelude(sbuf *b, const msa_variant *v)
 		sb_printf(b, "#define MSA_TUNE_%s %d\n", up, v->tune[i]);
 	}
 	sb_printf(b, "#define MSA_WRITE_SCORES %d\n", v->kind == MSA_K_INDEX_SCORES || v->kind == MSA_K_INDEX_SCORES90);
+	if (v->kind == MSA_K_TOPK)
+		sb_printf(b, "#define MSA_TOPK_CLUSTER_MAX %d\n", msa_topk_cluster(v->arch));
 	if (v->kind == MSA_K_INDEX_SCORES90 || v->kind == MSA_K_INDEX_TOPK90)	/* consumers' setmaxnreg */
 		sb_printf(b, "#define MSA_CREGS %d\n", threads == 384 ? 240 : 160);
 	sb_printf(b, "#define MSA_THREADS %d\n#define MSA_SMEM_BYTES %d\n", threads, smem);

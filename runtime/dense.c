@@ -283,6 +283,31 @@ int msa_launch_fn(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, un
 					     args, NULL), name, ctx->err, sizeof ctx->err);
 }
 
+int msa_launch_cluster(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned cluster,
+		       unsigned threads, void **args, void *stream)
+{
+	const msa_cu *cu;
+	CUlaunchAttribute at;
+	CUlaunchConfig cfg = {0};
+	int rc;
+	if (cluster <= 1)
+		return msa_launch_fn(ctx, fn, name, gx, 1, 1, threads, 0, args, stream);
+	if ((rc = msa_cu_get(&cu, ctx->err, sizeof ctx->err)) != MSA_OK)
+		return rc;
+	memset(&at, 0, sizeof at);
+	at.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+	at.value.clusterDim.x = cluster;
+	at.value.clusterDim.y = at.value.clusterDim.z = 1;
+	cfg.gridDimX = gx;
+	cfg.gridDimY = cfg.gridDimZ = 1;
+	cfg.blockDimX = threads;
+	cfg.blockDimY = cfg.blockDimZ = 1;
+	cfg.hStream = (CUstream)stream;
+	cfg.attrs = &at;
+	cfg.numAttrs = 1;
+	return msa_cu_check(cu->LaunchKernelEx(&cfg, fn, args, NULL), name, ctx->err, sizeof ctx->err);
+}
+
 int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsigned gz,
 	       void **args, void *stream)
 {

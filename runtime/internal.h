@@ -182,6 +182,7 @@ int msa_dense90_sched(const msa_layer *l, int causal, long max_q);
 /* index_topk90's consumer warpgroups for a layer's plans: the first the
  * spec lists, else the default. */
 int msa_index90_consumers(const msa_layer *l);
+int msa_topk_cluster(const char *arch);	/* the most CTAs per row */
 enum { MSA_DENSE90_SCHED = 3, MSA_DENSE90_SCHED_LONG = 0 };
 /* Generate the CUDA source: prelude of constants, then the template after a
  * #line.  *src is malloc'ed and NUL-terminated. */
@@ -251,6 +252,7 @@ char *msa_artifact_key(const char *src, size_t len, const char *arch, size_t *ke
 	X(FuncGetAttribute, (int *, CUfunction_attribute, CUfunction)) \
 	X(FuncSetAttribute, (CUfunction, CUfunction_attribute, int)) \
 	X(LaunchKernel, (CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, CUstream, void **, void **)) \
+	X(LaunchKernelEx, (const CUlaunchConfig *, CUfunction, void **, void **)) \
 	X(MemAlloc, (CUdeviceptr *, size_t)) \
 	X(MemGetInfo, (size_t *, size_t *)) \
 	X(TensorMapEncodeTiled, (CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *, const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill)) \
@@ -389,6 +391,9 @@ int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsi
 	       void **args, void *stream);
 int msa_launch_fn(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned gy,
 		  unsigned gz, unsigned threads, unsigned smem, void **args, void *stream);
+/* A 1-d grid of gx CTAs in clusters of `cluster` (1: a plain launch). */
+int msa_launch_cluster(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned cluster,
+		       unsigned threads, void **args, void *stream);
 
 /* ------------------------------------------------------------ tune.c */
 

@@ -372,12 +372,20 @@ int msa_topk(msa_plan *p, const float *scores, int32_t *ids, void *stream)
 {
 	NEED(p, "msa_topk", "scores ids", scores, ids);
 	int nbs = p->nb_max, rows = p->mod->layer.heads_kv * p->total_q;
-	/* Few long rows (decode): a CTA per row, else a warp per row. */
-	int coop = p->nb_max >= 256 && rows <= 2 * p->mod->sms;
-	void *args[] = {&scores, &nbs, &p->cu_q, &p->cu_kv, &p->batch, &p->total_q, &ids, &coop};
+	void *args[] = {&scores, &nbs, &p->cu_q, &p->cu_kv, &p->batch, &p->total_q, &ids};
 	if (rows == 0)
 		return MSA_OK;
-	return msa_launch(p->mod->ctx, p->k_topk, (unsigned)(coop ? rows : (rows + 3) / 4), 1, 1, args, stream);
+	/* Few long rows (decode): a CTA per row, or from sm_90 on a cluster
+	 * of up to 8 whose CTAs take at least 1024 scores each; else a warp
+	 * per row. */
+	if (p->nb_max >= 256 && rows <= 2 * p->mod->sms) {
+		int c = 1;
+		while (c < msa_topk_cluster(p->mod->arch) && p->nb_max >= 2048 * c)
+			c *= 2;
+		return msa_launch_cluster(p->mod->ctx, p->k_topk->fn2, "msa_topk_rows", (unsigned)(rows * c),
+					  (unsigned)c, (unsigned)p->k_topk->threads, args, stream);
+	}
+	return msa_launch(p->mod->ctx, p->k_topk, (unsigned)((rows + 3) / 4), 1, 1, args, stream);
 }
 
 /* One KV-outer pass over queries [t0, t1): gather lists, scan, fill,

@@ -1,13 +1,13 @@
 // topk.cu - standalone top-k over a block-score tensor (MSA.md section 2).
 //
-// One warp per row (index head h, token t), or with coop = 1 (few long
-// rows: decode) the CTA's four warps on one row; the order is score
-// descending, id ascending, NaN as -inf.  First a threshold: each lane's
+// msa_topk: one warp per row (index head h, token t); msa_topk_rows: few
+// long rows (decode), a cluster of CTAs per row (below).  The order is
+// score descending, id ascending, NaN as -inf.  First a threshold: each lane's
 // best candidate, and the KP-th best of those (at least KP candidates are
 // at or above it).  A second pass compacts the few candidates at or above
 // it into shared memory, where each is ranked against the others.  If too
-// many tie with the threshold (TOPK_CAP), the row falls back (in a coop
-// CTA: its first warp) to per-lane sorted register lists merged by KP warp
+// many tie with the threshold (TOPK_CAP), the row falls back (in a CTA:
+// its first warp) to per-lane sorted register lists merged by KP warp
 // arg-max rounds, and rows with KP > 32 use KP passes of a warp arg-max
 // over the whole row (registers would not hold the lists).  Only
 // scores[0..n-1] of a row are read.
@@ -140,108 +140,220 @@ __device__ __forceinline__ bool cta_threshold_select(const float *srow, int c0, 
 	return true;
 }
 
-extern "C" __global__ void __launch_bounds__(TOPK_WARPS * 32)
+// The fallback, one warp: per-lane sorted register lists of the KP best
+// among candidates c0..c1-1 (more than KP of them), merged by KP warp
+// arg-max rounds into pick[0..KP-1].
+__device__ __forceinline__ void lists_select(const float *srow, int c0, int c1, int *pick, int lane)
+{
+	float ls[MSA_KP_ALLOC];
+	int li[MSA_KP_ALLOC];
+#pragma unroll
+	for (int j = 0; j < MSA_KP_ALLOC; j++) {
+		ls[j] = -MSA_INF;
+		li[j] = 0x7fffffff;
+	}
+	for (int b = c0 + lane; b < c1; b += 32) {
+		float s = topk_rank(__ldg(srow + b));
+		if (!topk_beats(s, b, ls[MSA_KP_ALLOC - 1], li[MSA_KP_ALLOC - 1]))
+			continue;
+		// insertion from the tail; static indices keep it in registers
+#pragma unroll
+		for (int j = MSA_KP_ALLOC - 1; j > 0; j--) {
+			bool up = topk_beats(s, b, ls[j - 1], li[j - 1]);
+			bool here = !up && topk_beats(s, b, ls[j], li[j]);
+			float ns = up ? ls[j - 1] : here ? s : ls[j];
+			int ni = up ? li[j - 1] : here ? b : li[j];
+			ls[j] = ns;
+			li[j] = ni;
+		}
+		if (topk_beats(s, b, ls[0], li[0])) {
+			ls[0] = s;
+			li[0] = b;
+		}
+	}
+	for (int j = 0; j < MSA_KP; j++) {
+		float bs = ls[0];
+		int bid = li[0];
+		warp_best(bs, bid);
+		if (lane == 0)
+			pick[j] = bid;
+		if (li[0] == bid) {	// ids are unique: only the owner pops
+#pragma unroll
+			for (int e = 0; e < MSA_KP_ALLOC - 1; e++) {
+				ls[e] = ls[e + 1];
+				li[e] = li[e + 1];
+			}
+			ls[MSA_KP_ALLOC - 1] = -MSA_INF;
+			li[MSA_KP_ALLOC - 1] = 0x7fffffff;
+		}
+	}
+	__syncwarp();
+}
+
+// KP > 32 (registers would not hold the lists), one warp: KP passes of a
+// warp arg-max over candidates c0..c1-1 (more than KP of them).
+__device__ __forceinline__ void passes_select(const float *srow, int c0, int c1, int *pick, int lane)
+{
+	float ps = MSA_INF;	// previous pick; (+inf, -1) comes before everything
+	int pid = -1;
+	for (int j = 0; j < MSA_KP; j++) {
+		float bs = -MSA_INF;	// (-inf, INT_MAX) comes after everything
+		int bid = 0x7fffffff;
+		for (int b = c0 + lane; b < c1; b += 32) {
+			float s = topk_rank(srow[b]);
+			if (topk_beats(ps, pid, s, b) && topk_beats(s, b, bs, bid)) {
+				bs = s;
+				bid = b;
+			}
+		}
+		warp_best(bs, bid);
+		// more than KP candidates: bid is real
+		if (lane == 0)
+			pick[j] = bid;
+		ps = bs;
+		pid = bid;
+	}
+	__syncwarp();
+}
+
+// Row `row` (h * total_q + t) of the scores: its scores, its output and
+// its visible block count (n < 0: no such row).
+struct topk_row_t {
+	const float *srow;
+	int *dst;
+	int n;
+};
+__device__ __forceinline__ topk_row_t topk_row(const float *scores, int nb_stride, const int *cu_q,
+					       const int *cu_kv, int batch, int total_q, int *ids, long long row)
+{
+	if (batch <= 0 || total_q <= 0 || row >= (long long)MSA_HKV * total_q)
+		return {nullptr, nullptr, -1};
+	const int t = (int)(row % total_q);
+	const int r = find_request(cu_q, batch, t);
+	const int q_len = cu_q[r + 1] - cu_q[r], kv_len = cu_kv[r + 1] - cu_kv[r];
+	return {scores + (size_t)row * nb_stride, ids + (size_t)row * MSA_TOPK,
+		topk_visible_blocks(kv_len - q_len + (t - cu_q[r]))};
+}
+
+// One warp per row.
+extern "C" __global__ void __launch_bounds__(TOPK_WARPS * 32, 8)
 msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict__ cu_q,
-	 const int *__restrict__ cu_kv, int batch, int total_q, int *__restrict__ ids, int coop)
+	 const int *__restrict__ cu_kv, int batch, int total_q, int *__restrict__ ids)
 {
 	__shared__ int pick[TOPK_WARPS][MSA_KP_ALLOC];
 	__shared__ float cand_s[TOPK_WARPS][TOPK_CAP];
 	__shared__ int cand_i[TOPK_WARPS][TOPK_CAP];
 	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-	// h * total_q + t
-	const long long row = coop ? (long long)blockIdx.x : (long long)blockIdx.x * TOPK_WARPS + warp;
-	if (batch <= 0 || total_q <= 0 || row >= (long long)MSA_HKV * total_q)
+	const long long row = (long long)blockIdx.x * TOPK_WARPS + warp;
+	const topk_row_t rw = topk_row(scores, nb_stride, cu_q, cu_kv, batch, total_q, ids, row);
+	if (rw.n < 0)
 		return;
-	const int t = (int)(row % total_q);
-
-	const int r = find_request(cu_q, batch, t);
-	const int q_len = cu_q[r + 1] - cu_q[r], kv_len = cu_kv[r + 1] - cu_kv[r];
-	const int p = kv_len - q_len + (t - cu_q[r]);
-	const int n = topk_visible_blocks(p);
-	const float *srow = scores + (size_t)row * nb_stride;
-	int *dst = ids + (size_t)row * MSA_TOPK;
-
+	const float *srow = rw.srow;
+	const int n = rw.n, c0 = MSA_SINK, c1 = n - MSA_LOCAL;	// candidates c0..c1-1
 	// more candidates than slots, and lists that fit in registers
 	const bool select = MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK;
-	bool done = false;
-	if (coop) {	// n is uniform over the CTA
-		__shared__ float best_s[TOPK_WARPS * 32];
-		__shared__ int best_i[TOPK_WARPS * 32], misc[3];
-		if (select)
-			done = cta_threshold_select(srow, MSA_SINK, n - MSA_LOCAL, pick[0], &cand_s[0][0],
-						    &cand_i[0][0], best_s, best_i, misc);
-		if (warp > 0)	// the first warp writes the row (and runs a fallback)
-			return;
-	} else if (select) {
-		done = threshold_select(srow, MSA_SINK, n - MSA_LOCAL, pick[warp], cand_s[warp], cand_i[warp], lane);
+	const bool done = select && threshold_select(srow, c0, c1, pick[warp], cand_s[warp], cand_i[warp], lane);
+	if (!done && select)
+		lists_select(srow, c0, c1, pick[warp], lane);
+	else if (!done && MSA_KP > 0 && n > MSA_TOPK)
+		passes_select(srow, c0, c1, pick[warp], lane);
+	write_row_ids(rw.dst, n, [&](int j) { return pick[warp][j]; }, lane, 32);
+}
+
+#ifndef MSA_TOPK_CLUSTER_MAX
+#define MSA_TOPK_CLUSTER_MAX 1
+#endif
+
+// Every CTA of the cluster (a CTA launched alone is a cluster of one from
+// sm_90 on) arrives with its shared-memory writes released, and waits for
+// the others.
+__device__ __forceinline__ void cluster_barrier()
+{
+#if MSA_TOPK_CLUSTER_MAX > 1
+	asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+	__syncthreads();
+#endif
+}
+
+// This CTA's rank in its cluster and the cluster's size.
+__device__ __forceinline__ void cluster_place(int &rank, int &size)
+{
+#if MSA_TOPK_CLUSTER_MAX > 1
+	asm("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+	asm("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(size));
+#else
+	rank = 0;
+	size = 1;
+#endif
+}
+
+// The 32-bit word at p in the shared memory of the cluster's CTA `rank`.
+__device__ __forceinline__ u32 cluster_word(const void *p, int rank)
+{
+#if MSA_TOPK_CLUSTER_MAX > 1
+	u32 a, v;
+	asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"(smem_u32(p)), "r"(rank));
+	asm volatile("ld.shared::cluster.b32 %0, [%1];\n" : "=r"(v) : "r"(a) : "memory");
+	return v;
+#else
+	return *reinterpret_cast<const u32 *>(p);
+#endif
+}
+
+// Few long rows (decode): a CTA per row, or a cluster of C of them (1-d
+// clusters, C <= MSA_TOPK_CLUSTER_MAX, the launch's choice).  Each CTA
+// takes an even share of the row's candidates and keeps its KP best (the
+// threshold select, or the lists on heavy ties); then the first CTA ranks
+// the cluster's lists, read from the other CTAs' shared memory.  A row's
+// top-KP is within the union of the shares' top-KP, so the result is
+// exact.
+extern "C" __global__ void __launch_bounds__(TOPK_WARPS * 32, 8)
+msa_topk_rows(const float *__restrict__ scores, int nb_stride, const int *__restrict__ cu_q,
+	      const int *__restrict__ cu_kv, int batch, int total_q, int *__restrict__ ids)
+{
+	constexpr int NT = TOPK_WARPS * 32;
+	static_assert(MSA_TOPK_CLUSTER_MAX * MSA_KP_ALLOC <= TOPK_WARPS * TOPK_CAP || MSA_KP > 32,
+		      "topk: the cluster's lists fit");
+	__shared__ int pick[MSA_KP_ALLOC], best_i[NT], misc[3], list_i[MSA_KP_ALLOC];
+	__shared__ float cand_s[TOPK_WARPS * TOPK_CAP], best_s[NT], list_s[MSA_KP_ALLOC];
+	__shared__ int cand_i[TOPK_WARPS * TOPK_CAP];
+	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+	int part, C;
+	cluster_place(part, C);
+	const long long row = blockIdx.x / C;	// uniform over the cluster
+	const topk_row_t rw = topk_row(scores, nb_stride, cu_q, cu_kv, batch, total_q, ids, row);
+	if (rw.n < 0)
+		return;
+	const float *srow = rw.srow;
+	const int n = rw.n, c0 = MSA_SINK, c1 = n - MSA_LOCAL;	// candidates c0..c1-1
+	const bool select = MSA_KP > 0 && MSA_KP <= 32 && n > MSA_TOPK;
+	if (select) {
+		const int a = c0 + (int)((long long)(c1 - c0) * part / C), z = c0 + (int)((long long)(c1 - c0) * (part + 1) / C);
+		const bool cut = z - a > MSA_KP;	// else the list is the whole share
+		if (cut && !cta_threshold_select(srow, a, z, pick, cand_s, cand_i, best_s, best_i, misc) && warp == 0)
+			lists_select(srow, a, z, pick, lane);
+		__syncthreads();
+		for (int j = threadIdx.x; j < MSA_KP; j += NT) {
+			const bool real = cut || a + j < z;
+			const int b = cut ? pick[j] : a + j;
+			list_s[j] = real ? topk_rank(__ldg(srow + b)) : -MSA_INF;	// (-inf, INT_MAX): after all
+			list_i[j] = real ? b : 0x7fffffff;
+		}
 	}
-	if (!done && select) {
-		const int c0 = MSA_SINK, c1 = n - MSA_LOCAL;	// candidates c0..c1-1
-		float ls[MSA_KP_ALLOC];
-		int li[MSA_KP_ALLOC];
-#pragma unroll
-		for (int j = 0; j < MSA_KP_ALLOC; j++) {
-			ls[j] = -MSA_INF;
-			li[j] = 0x7fffffff;
+	cluster_barrier();	// every share's list is in place
+	if (part == 0 && select) {
+		for (int e = threadIdx.x; e < C * MSA_KP; e += NT) {
+			cand_s[e] = __uint_as_float(cluster_word(list_s + e % MSA_KP, e / MSA_KP));
+			cand_i[e] = (int)cluster_word(list_i + e % MSA_KP, e / MSA_KP);
 		}
-		for (int b = c0 + lane; b < c1; b += 32) {
-			float s = topk_rank(__ldg(srow + b));
-			if (!topk_beats(s, b, ls[MSA_KP_ALLOC - 1], li[MSA_KP_ALLOC - 1]))
-				continue;
-			// insertion from the tail; static indices keep it in registers
-#pragma unroll
-			for (int j = MSA_KP_ALLOC - 1; j > 0; j--) {
-				bool up = topk_beats(s, b, ls[j - 1], li[j - 1]);
-				bool here = !up && topk_beats(s, b, ls[j], li[j]);
-				float ns = up ? ls[j - 1] : here ? s : ls[j];
-				int ni = up ? li[j - 1] : here ? b : li[j];
-				ls[j] = ns;
-				li[j] = ni;
-			}
-			if (topk_beats(s, b, ls[0], li[0])) {
-				ls[0] = s;
-				li[0] = b;
-			}
-		}
-		for (int j = 0; j < MSA_KP; j++) {
-			float bs = ls[0];
-			int bid = li[0];
-			warp_best(bs, bid);
-			if (lane == 0)
-				pick[warp][j] = bid;
-			if (li[0] == bid) {	// ids are unique: only the owner pops
-#pragma unroll
-				for (int e = 0; e < MSA_KP_ALLOC - 1; e++) {
-					ls[e] = ls[e + 1];
-					li[e] = li[e + 1];
-				}
-				ls[MSA_KP_ALLOC - 1] = -MSA_INF;
-				li[MSA_KP_ALLOC - 1] = 0x7fffffff;
-			}
-		}
-		__syncwarp();
-	} else if (!done && MSA_KP > 0 && n > MSA_TOPK) {
-		const int c0 = MSA_SINK, c1 = n - MSA_LOCAL;	// candidates c0..c1-1
-		float ps = MSA_INF;	// previous pick; (+inf, -1) comes before everything
-		int pid = -1;
-		for (int j = 0; j < MSA_KP; j++) {
-			float bs = -MSA_INF;	// (-inf, INT_MAX) comes after everything
-			int bid = 0x7fffffff;
-			for (int b = c0 + lane; b < c1; b += 32) {
-				float s = topk_rank(srow[b]);
-				if (topk_beats(ps, pid, s, b) && topk_beats(s, b, bs, bid)) {
-					bs = s;
-					bid = b;
-				}
-			}
-			warp_best(bs, bid);
-			// n > TOPK leaves c1 - c0 >= KP + 1 candidates: bid is real.
-			if (lane == 0)
-				pick[warp][j] = bid;
-			ps = bs;
-			pid = bid;
-		}
-		__syncwarp();
+		__syncthreads();
+		rank_candidates(cand_s, cand_i, C * MSA_KP, pick, threadIdx.x, NT);
 	}
-	write_row_ids(dst, n, [&](int j) { return pick[warp][j]; }, lane, 32);
+	cluster_barrier();	// the lists stay until the first CTA has read them
+	if (part != 0 || warp != 0)
+		return;
+	if (!select && MSA_KP > 0 && n > MSA_TOPK)
+		passes_select(srow, c0, c1, pick, lane);
+	write_row_ids(rw.dst, n, [&](int j) { return pick[j]; }, lane, 32);
 }

@@ -75,56 +75,65 @@ static void check_plan_errors(gpu_env *env)
 
 /* Scores with few distinct values: the threshold select ranks ties, and
  * with few levels far more candidates tie than it can hold, so the fallback
- * path runs; both must match the reference exactly.  64 rows take the
- * CTA-per-row path (few long rows, as in decode), 600 the warp-per-row one;
- * 2 levels over 4096 blocks overflow even the CTA's candidate store. */
+ * path runs; both must match the reference exactly.  16 or 64 rows take
+ * the few-long-rows path (as in decode: a CTA per row, or from sm_90 on
+ * a cluster of up to 8, each CTA a share of at least 1024 scores; the
+ * cluster sizes named below are sm_90's), 600 the warp-per-row one; 2
+ * levels over 4096 blocks overflow even a CTA's candidate store.  A second,
+ * short request gives rows whose shares hold fewer candidates than slots,
+ * and k = 40 (more than 32 ranked slots) takes the arg-max passes. */
 static void check_topk_ties(gpu_env *env, ref_rng *rng)
 {
-	static const char text[] = "layer { name = 't', heads = { q = 2, kv = 1 }, head_dim = 64, block = 64, topk = 16 }";
 	static const struct {
-		int rows, kv, levels;
+		int rows, kv, kv2, k, levels;
 		const char *path;
 	} cfg[] = {
-		{64, 65536, 3, "CTA per row"},
-		{64, 65536, 9, "CTA per row"},
-		{64, 262144, 2, "CTA per row, overflow fallback"},
-		{600, 65536, 3, "warp per row, fallback"},
-		{600, 65536, 9, "warp per row"},
+		{64, 65536, 0, 16, 3, "a CTA per row"},
+		{64, 65536, 0, 16, 9, "a CTA per row"},
+		{64, 262144, 0, 16, 2, "clusters of 4, overflow fallback"},
+		{16, 1048576, 0, 16, 9, "clusters of 8"},
+		{16, 524288, 1500, 16, 9, "clusters of 8, short second request"},
+		{16, 524288, 0, 40, 9, "clusters of 8, arg-max passes"},
+		{600, 65536, 0, 16, 3, "warp per row, fallback"},
+		{600, 65536, 0, 16, 9, "warp per row"},
 	};
-	msa_spec *s;
-	msa_module *m;
-	msa_spec_load_string("t.lua", text, sizeof text - 1, &s, env->err, sizeof env->err);
-	if (msa_module_new(env->ctx, &s->layers[0], &m))
-		bail("%s", msa_ctx_error(env->ctx));
 	for (int c = 0; c < MSA_COUNT(cfg); c++) {
-		const int nq = cfg[c].rows, levels = cfg[c].levels;
-		int cq[2] = {0, nq}, ck[2] = {0, cfg[c].kv};
+		char text[160];
+		const int nq = cfg[c].rows, levels = cfg[c].levels, k = cfg[c].k, nb = cfg[c].kv2 ? 2 : 1;
+		int cq[3] = {0, nq / nb, nq}, ck[3] = {0, cfg[c].kv, cfg[c].kv + cfg[c].kv2};
+		msa_spec *s;
+		msa_module *m;
 		msa_plan *p;
 		msa_batch b = {0};
-		b.batch = 1;
+		snprintf(text, sizeof text,
+			 "layer { name = 't', heads = { q = 2, kv = 1 }, head_dim = 64, block = 64, topk = %d }", k);
+		msa_spec_load_string("t.lua", text, strlen(text), &s, env->err, sizeof env->err);
+		if (!s || msa_module_new(env->ctx, &s->layers[0], &m))
+			bail("%s", s ? msa_ctx_error(env->ctx) : env->err);
+		b.batch = nb;
 		b.cu_q = cq;
 		b.cu_kv = ck;
 		if (msa_plan_new(m, &b, &p))
 			bail("%s", msa_ctx_error(env->ctx));
-		ref_batch rb = {1, cq, ck};
+		ref_batch rb = {nb, cq, ck};
 		const size_t ns = (size_t)nq * msa_plan_nb_max(p);
 		double *rs = malloc(sizeof(double) * ns);
 		float *fs = malloc(sizeof(float) * ns);
-		int32_t *gids = malloc(sizeof(int32_t) * nq * 16);
+		int32_t *gids = malloc(sizeof(int32_t) * nq * k);
 		gpu_tensor sc, ids;
 		char msg[256] = "";
 		for (size_t i = 0; i < ns; i++)
 			rs[i] = fs[i] = (float)(floor((ref_uniform(rng) + 1) / 2 * levels) / levels);
 		gpu_alloc(env, &sc, REF_F32, ns);
-		gpu_poison(env, &ids, REF_F32, (size_t)nq * 16);
+		gpu_poison(env, &ids, REF_F32, (size_t)nq * k);
 		env->cu->MemcpyHtoD(sc.dev, fs, ns * 4);
 		int rc = msa_topk(p, (float *)sc.dev, (int32_t *)ids.dev, NULL);
 		if (!rc)
 			rc = gpu_sync(env);
 		if (!rc)
-			gpu_fetch_raw(env, &ids, gids, (size_t)nq * 16 * 4);
-		ok(!rc && ref_topk_check(gids, rs, &rb, 1, 64, 16, 1, 0, msg, sizeof msg),
-		   "top-k of %d rows x %d blocks over %d score levels (%s) matches exactly %s", nq,
+			gpu_fetch_raw(env, &ids, gids, (size_t)nq * k * 4);
+		ok(!rc && ref_topk_check(gids, rs, &rb, 1, 64, k, 1, 0, msg, sizeof msg),
+		   "top-%d of %d rows x %d blocks over %d score levels (%s) matches exactly %s", k, nq,
 		   msa_plan_nb_max(p), levels, cfg[c].path, msg);
 		gpu_free(env, &sc);
 		gpu_free(env, &ids);
@@ -132,9 +141,9 @@ static void check_topk_ties(gpu_env *env, ref_rng *rng)
 		free(fs);
 		free(gids);
 		msa_plan_free(p);
+		msa_module_free(m);
+		msa_spec_free(s);
 	}
-	msa_module_free(m);
-	msa_spec_free(s);
 }
 
 int main(void)
@@ -165,7 +174,7 @@ int main(void)
 		skip_all("no GPU: %s", env.err);
 	diag("compute capability %d, seed %llu (MSAGEN_SEED repeats it)", env.cc, (unsigned long long)env.seed);
 	rng = ref_rng_new(env.seed);
-	plan(8 + 5 + CHK_STAGES * MSA_COUNT(cases));
+	plan(8 + 8 + CHK_STAGES * MSA_COUNT(cases));
 	check_plan_errors(&env);
 	check_topk_ties(&env, &rng);
 	for (int i = 0; i < MSA_COUNT(cases); i++)

@@ -35,6 +35,21 @@ __device__ __forceinline__ void tile_load(u16 *tile, const void *any, F rowptr)
 	}
 }
 
+// Row pointers of a K or V tile of one head h starting at key n0 of a
+// request: key n0 + rr for rr <= lim, else nullptr (a zero row).  The tile
+// lies in one block of BK keys, so a paged cache ([pages, Hkv, BK, D],
+// this request's page table pt) costs one page-table read per tile, not
+// one per row; contiguous KV is [tokens, Hkv, D] from token k0.
+template <int D, int ES, int BK>
+__device__ __forceinline__ auto kv_tile_rows(const u8 *base, int n0, int lim, const int *pt, int k0, int h)
+{
+	const u8 *r0 = !pt ? base + ((size_t)(k0 + n0) * MSA_HKV + h) * D * ES
+		     : lim >= 0 ? base + (((size_t)pt[n0 / BK] * MSA_HKV + h) * BK + n0 % BK) * D * ES
+				: nullptr;
+	const int rs = (pt ? 1 : MSA_HKV) * D * ES;
+	return [=](int rr) -> const u8 * { return rr <= lim ? r0 + rr * rs : nullptr; };
+}
+
 // The matrix-instruction type for a storage type: fp8 is widened to fp16.
 #define MMA_DT(dt) ((dt) == 2 ? 1 : (dt))
 #define ELEM_BYTES(dt) ((dt) == 2 ? 1 : 2)

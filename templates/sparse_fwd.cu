@@ -143,16 +143,9 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	}
 	__syncthreads();
 	const int t0 = split * sm.ntiles / nsplit, ntiles = (split + 1) * sm.ntiles / nsplit - t0;
+	const int *pt = page_table ? page_table + (size_t)r * pt_stride : nullptr;
 	auto krow = [&](const elem_t *base, int n0) {
-		return [=](int rr) -> const elem_t * {
-			int j = n0 + rr;
-			if (j >= kv_len || j > p)
-				return nullptr;
-			if (!page_table)
-				return base + ((size_t)(k0 + j) * MSA_HKV + g) * D * ES;
-			size_t page = (size_t)page_table[(size_t)r * pt_stride + j / BK];
-			return base + ((page * MSA_HKV + g) * BK + j % BK) * D * ES;
-		};
+		return kv_tile_rows<D, ES, BK>(base, n0, min(p, kv_len - 1) - n0, pt, k0, g);
 	};
 	auto tstart = [&](int it) { return sm.tile_start[t0 + it]; };
 	auto rows = [&](const void *base, int n0) { return krow((const elem_t *)base, n0); };

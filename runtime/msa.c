@@ -446,6 +446,28 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	return msa_launch(ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cb, stream);
 }
 
+/* msa_sparse_fwd over every query and group (split nsplit ways, then the
+ * combine): the selected blocks of ids, or with dense = 1 (causal) or 2
+ * every key. */
+static int run_query_outer(msa_plan *p, const void *q, const void *k, const void *v, const int32_t *ids,
+			   void *out, float *lse, int dense, void *stream)
+{
+	const msa_layer *l = &p->mod->layer;
+	CUdeviceptr pt = p->pages;
+	int stride = p->pages_per_req, rows = p->total_q * l->heads_q, rc;
+	void *args[] = {&q, &k, &v, &ids, &p->cu_q, &p->cu_kv, &p->batch, &pt, &stride, &p->scale_log2,
+			&p->out_scale, &p->total_q, &out, &lse, &p->part_o, &p->part_lse, &dense};
+	if (p->total_q == 0)
+		return MSA_OK;
+	rc = msa_launch(p->mod->ctx, p->k_sparse, (unsigned)p->total_q, (unsigned)l->heads_kv,
+			(unsigned)p->nsplit, args, stream);
+	if (rc || p->nsplit == 1)
+		return rc;
+	int mode = 0;
+	void *cargs[] = {&p->part_o, &p->part_lse, &p->nsplit, &rows, &mode, &out, &lse};
+	return msa_launch(p->mod->ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cargs, stream);
+}
+
 int msa_sparse_attn(msa_plan *p, const void *q, const void *k, const void *v, const int32_t *ids,
 		    void *out, float *lse, void *stream)
 {
@@ -459,22 +481,10 @@ int msa_sparse_attn(msa_plan *p, const void *q, const void *k, const void *v, co
 		}
 		return MSA_OK;
 	}
-	const msa_layer *l = &p->mod->layer;
-	CUdeviceptr pt = p->pages;
-	int stride = p->pages_per_req, rows = p->total_q * l->heads_q, rc;
-	void *args[] = {&q, &k, &v, &ids, &p->cu_q, &p->cu_kv, &p->batch, &pt, &stride,
-			&p->scale_log2, &p->out_scale, &p->total_q, &out, &lse, &p->part_o, &p->part_lse};
 	if (!p->k_sparse)
-		return msa_ctx_fail(p->mod->ctx, MSA_EUNSUPPORTED, "layer %s: no sparse kernel", l->name);
-	if (p->total_q == 0)
-		return MSA_OK;
-	rc = msa_launch(p->mod->ctx, p->k_sparse, (unsigned)p->total_q, (unsigned)l->heads_kv,
-			(unsigned)p->nsplit, args, stream);
-	if (rc || p->nsplit == 1)
-		return rc;
-	int mode = 0;
-	void *cargs[] = {&p->part_o, &p->part_lse, &p->nsplit, &rows, &mode, &out, &lse};
-	return msa_launch(p->mod->ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cargs, stream);
+		return msa_ctx_fail(p->mod->ctx, MSA_EUNSUPPORTED, "layer %s: no sparse kernel",
+				    p->mod->layer.name);
+	return run_query_outer(p, q, k, v, ids, out, lse, 0, stream);
 }
 
 int msa_attention(msa_plan *p, const void *qi, const void *ki, const void *q, const void *k,
@@ -498,6 +508,12 @@ int msa_dense(msa_plan *p, const void *q, const void *k, const void *v, void *ou
 	      void *stream)
 {
 	NEED(p, "msa_dense", "q k v out lse", q, k, v, out, lse);
+	/* decode (at most 16 queries a request): the query-outer sparse kernel
+	 * over every key, a CTA per (query, group) so the group's heads share
+	 * each K/V load, split over the SMs like sparse decode */
+	const char *force = getenv("MSAGEN_DENSE_DECODE");	/* "tiles": the tile kernels (comparisons) */
+	if (p->max_q <= 16 && p->k_sparse && !(force && strcmp(force, "tiles") == 0))
+		return run_query_outer(p, q, k, v, NULL, out, lse, p->mod->layer.causal ? 1 : 2, stream);
 	if (!p->k_dense)
 		return msa_ctx_fail(p->mod->ctx, MSA_EUNSUPPORTED, "layer %s: no dense kernel",
 				    p->mod->layer.name);

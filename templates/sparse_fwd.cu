@@ -6,6 +6,8 @@
 // columns (each its own online softmax) and merge at the end.  With
 // nsplit > 1 the selected tiles are split over CTAs (decode with few
 // queries) and each writes a partial (o, lse) that msa_combine merges.
+// With dense = 1 (causal) or 2 (not) it attends to every key instead: the
+// decode form of dense attention, split the same way.
 // KV is contiguous or paged.
 #include "attn.cuh"
 
@@ -95,7 +97,7 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	       const int *__restrict__ cu_q, const int *__restrict__ cu_kv, int batch,
 	       const int *__restrict__ page_table, int pt_stride, float scale_log2,
 	       float out_scale, int total_q, out_t *__restrict__ out, float *__restrict__ lse,
-	       float *__restrict__ part_o, float *__restrict__ part_lse)
+	       float *__restrict__ part_o, float *__restrict__ part_lse, int dense)
 {
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	smem_t &sm = *reinterpret_cast<smem_t *>(smem_raw);
@@ -104,7 +106,8 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	const int rw = warp % RW, cw = warp / RW;
 	const int r = find_request(cu_q, batch, t);
 	const int q_len = cu_q[r + 1] - cu_q[r], k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
-	const int p = kv_len - q_len + (t - cu_q[r]);	// last key this query sees
+	// the last key this query sees (dense == 2: non-causal, every key)
+	const int p = dense == 2 ? kv_len - 1 : kv_len - q_len + (t - cu_q[r]);
 
 	const size_t qstride = (size_t)MSA_HQ * D * ES;
 	const elem_t *qb = q + (size_t)t * qstride + (size_t)g * MSA_G * D * ES;
@@ -116,11 +119,13 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	// slot per lane and places its tiles by a prefix sum.  With nsplit > 1
 	// each CTA takes an even share of that list: splits go by tiles, not
 	// slots, so a decode query can spread over up to k x Bk / 64 CTAs.
+	// Dense attention (dense = 1 or 2, decode) takes every tile up to p
+	// instead, in order, with no list.
 	const int *sel = ids + ((size_t)g * total_q + t) * K;
-	for (int s = threadIdx.x; s < K; s += NTHREADS)
+	for (int s = threadIdx.x; s < K && !dense; s += NTHREADS)
 		sm.blk[s] = sel[s];
 	__syncthreads();
-	if (warp == 0) {
+	if (warp == 0 && !dense) {
 		int n = 0;
 		for (int c = 0; c < K; c += 32) {
 			const int s = c + lane, b = s < K ? sm.blk[s] : -1;
@@ -142,12 +147,13 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 			sm.ntiles = n;
 	}
 	__syncthreads();
-	const int t0 = split * sm.ntiles / nsplit, ntiles = (split + 1) * sm.ntiles / nsplit - t0;
+	const int nall = dense ? (min(p, kv_len - 1) + BN) / BN : sm.ntiles;
+	const int t0 = split * nall / nsplit, ntiles = (split + 1) * nall / nsplit - t0;
 	const int *pt = page_table ? page_table + (size_t)r * pt_stride : nullptr;
 	auto krow = [&](const elem_t *base, int n0) {
 		return kv_tile_rows<D, ES, BK>(base, n0, min(p, kv_len - 1) - n0, pt, k0, g);
 	};
-	auto tstart = [&](int it) { return sm.tile_start[t0 + it]; };
+	auto tstart = [&](int it) { return dense ? (t0 + it) * BN : sm.tile_start[t0 + it]; };
 	auto rows = [&](const void *base, int n0) { return krow((const elem_t *)base, n0); };
 	attend_prologue<D, BN, NTHREADS, MSA_DT_Q>(sm.k, sm.v, q, k, v, ntiles, tstart, rows);
 

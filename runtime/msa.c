@@ -96,6 +96,20 @@ static void pick_index_split(msa_plan *p)
 	p->unfused = p->ksplit > 1 && bytes <= ((size_t)64 << 20);
 }
 
+/* Few long rows (decode): msa_topk_rows with a CTA per row, or from sm_90
+ * on a cluster of up to 8 whose CTAs take at least 1024 scores each; else
+ * (0) msa_topk, a warp per row. */
+static int pick_topk_ctas(const msa_plan *p)
+{
+	const int rows = p->mod->layer.heads_kv * p->total_q, most = msa_topk_cluster(p->mod->arch);
+	int c = 1;
+	if (p->nb_max < 256 || rows > 2 * p->mod->sms)
+		return 0;
+	while (c < most && p->nb_max >= 2048 * c)
+		c *= 2;
+	return c;
+}
+
 static void plan_scales(msa_plan *p, const msa_batch *b)
 {
 	const msa_layer *l = &p->mod->layer;
@@ -245,6 +259,7 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 	/* the wgmma index kernels (prefill and decode) unless MSAGEN_INDEX=mma */
 	p->index90 = msa_module_wgmma(mod, MSA_K_INDEX_TOPK90, "MSAGEN_INDEX");
 	pick_index_split(p);
+	p->topk_ctas = pick_topk_ctas(p);
 	plan_scales(p, b);
 	if (b->sparse_mode < 0 || b->sparse_mode > 2) {
 		free(p);
@@ -278,6 +293,12 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 		msa_plan_free(p);
 		return rc;
 	}
+	/* Dense attention for decode (at most 16 queries a request): the
+	 * query-outer sparse kernel over every key, a CTA per (query, group) so
+	 * the group's heads share each K/V load, split over the SMs like sparse
+	 * decode; MSAGEN_DENSE_DECODE=tiles keeps the tile kernels (comparisons). */
+	const char *force = getenv("MSAGEN_DENSE_DECODE");
+	p->dense_qo = p->max_q <= 16 && p->k_sparse && !(force && strcmp(force, "tiles") == 0);
 	*out = p;
 	return MSA_OK;
 }
@@ -375,16 +396,10 @@ int msa_topk(msa_plan *p, const float *scores, int32_t *ids, void *stream)
 	void *args[] = {&scores, &nbs, &p->cu_q, &p->cu_kv, &p->batch, &p->total_q, &ids};
 	if (rows == 0)
 		return MSA_OK;
-	/* Few long rows (decode): a CTA per row, or from sm_90 on a cluster
-	 * of up to 8 whose CTAs take at least 1024 scores each; else a warp
-	 * per row. */
-	if (p->nb_max >= 256 && rows <= 2 * p->mod->sms) {
-		int c = 1;
-		while (c < msa_topk_cluster(p->mod->arch) && p->nb_max >= 2048 * c)
-			c *= 2;
-		return msa_launch_cluster(p->mod->ctx, p->k_topk->fn2, "msa_topk_rows", (unsigned)(rows * c),
-					  (unsigned)c, (unsigned)p->k_topk->threads, args, stream);
-	}
+	if (p->topk_ctas)
+		return msa_launch_cluster(p->mod->ctx, p->k_topk->fn2, "msa_topk_rows",
+					  (unsigned)(rows * p->topk_ctas), (unsigned)p->topk_ctas,
+					  (unsigned)p->k_topk->threads, args, stream);
 	return msa_launch(p->mod->ctx, p->k_topk, (unsigned)((rows + 3) / 4), 1, 1, args, stream);
 }
 
@@ -508,11 +523,7 @@ int msa_dense(msa_plan *p, const void *q, const void *k, const void *v, void *ou
 	      void *stream)
 {
 	NEED(p, "msa_dense", "q k v out lse", q, k, v, out, lse);
-	/* decode (at most 16 queries a request): the query-outer sparse kernel
-	 * over every key, a CTA per (query, group) so the group's heads share
-	 * each K/V load, split over the SMs like sparse decode */
-	const char *force = getenv("MSAGEN_DENSE_DECODE");	/* "tiles": the tile kernels (comparisons) */
-	if (p->max_q <= 16 && p->k_sparse && !(force && strcmp(force, "tiles") == 0))
+	if (p->dense_qo)
 		return run_query_outer(p, q, k, v, NULL, out, lse, p->mod->layer.causal ? 1 : 2, stream);
 	if (!p->k_dense)
 		return msa_ctx_fail(p->mod->ctx, MSA_EUNSUPPORTED, "layer %s: no dense kernel",

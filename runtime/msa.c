@@ -94,6 +94,17 @@ static void pick_index_split(msa_plan *p)
 	while (ctas * p->ksplit * 2 <= p->mod->sms && p->ksplit * 4 <= p->nb_max)
 		p->ksplit *= 2;
 	p->unfused = p->ksplit > 1 && bytes <= ((size_t)64 << 20);
+	/* the wgmma kernel merges its splits' lists itself when the merge's
+	 * four warps have at most two rows each (q1 decode), KP <= 16 and
+	 * ksplit <= 128;
+	 * MSAGEN_INDEX_SPLIT=scores keeps scores + msa_topk (comparisons) */
+	const char *force = getenv("MSAGEN_INDEX_SPLIT");
+	int kp = l->topk - l->sink_blocks - l->local_blocks;
+	p->split_topk = p->index90 && p->ksplit > 1 && p->ksplit <= 128 && kp <= 16 &&
+			(long)p->max_q * l->heads_kv <= 8 &&
+			!(force && strcmp(force, "scores") == 0);
+	if (p->split_topk)
+		p->unfused = 0;
 }
 
 /* Few long rows (decode): msa_topk_rows with a CTA per row, or from sm_90
@@ -150,6 +161,16 @@ static int plan_upload(msa_plan *p, const msa_batch *b)
 	if (npt && (rc = msa_cu_check(cu->MemcpyHtoD(p->pages, b->page_table, npt), "cuMemcpyHtoD",
 				      ctx->err, sizeof ctx->err)))
 		return rc;
+	if (p->split_topk) {
+		int kp = l->topk - l->sink_blocks - l->local_blocks, qpc = (p->k_itopk->threads - 128) / 2 / l->heads_kv;
+		size_t lists = (size_t)l->heads_kv * p->total_q * p->ksplit * ((kp > 0 ? kp : 1) + 1) / 2 * 16;
+		size_t tickets = (size_t)p->batch * ((p->max_q + qpc - 1) / qpc) * 4;
+		if ((rc = msa_cu_check(cu->MemAlloc(&p->split_ws, lists + tickets + 16), "cuMemAlloc(split top-k)",
+				       ctx->err, sizeof ctx->err)) ||
+		    (rc = msa_cu_check(cu->MemsetD8(p->split_ws + lists, 0, tickets + 16), "cuMemsetD8",
+				       ctx->err, sizeof ctx->err)))
+			return rc;
+	}
 	if (p->unfused && (rc = msa_cu_check(cu->MemAlloc(&p->scores_ws, (size_t)l->heads_kv * p->total_q *
 							   (size_t)p->nb_max * 4 + 16),
 					     "cuMemAlloc(scores)", ctx->err, sizeof ctx->err)))
@@ -315,6 +336,8 @@ void msa_plan_free(msa_plan *p)
 		p->mod->cu->MemFree(p->kvo);
 	if (p->scores_ws)
 		p->mod->cu->MemFree(p->scores_ws);
+	if (p->split_ws)
+		p->mod->cu->MemFree(p->split_ws);
 	free(p);
 }
 
@@ -354,7 +377,8 @@ static int run_index(msa_plan *p, msa_kernel *k, const void *qi, const void *ki,
 {
 	const msa_layer *l = &p->mod->layer;
 	CUdeviceptr pt = p->pages;
-	int stride = p->pages_per_req, nbs = p->nb_max, ks = scores ? p->ksplit : 1, rc;
+	int stride = p->pages_per_req, nbs = p->nb_max, rc;
+	int ks = scores || p->split_topk ? p->ksplit : 1;
 	if (p->max_q == 0)
 		return MSA_OK;
 	if (p->index90) {
@@ -365,7 +389,8 @@ static int run_index(msa_plan *p, msa_kernel *k, const void *qi, const void *ki,
 		const long dq[3] = {l->index_dim, l->heads_kv, p->total_q}, rq[2] = {(long)l->index_dim * es,
 										     (long)l->index_dim * es * l->heads_kv};
 		const long dk[2] = {l->index_dim, p->ki_rows}, rk[1] = {(long)l->index_dim * es};
-		void *args[] = {&mq, &mk, &p->cu_q, &p->cu_kv, &pt, &stride, &p->idx_scale, &ids, &scores, &nbs, &ks};
+		void *args[] = {&mq, &mk, &p->cu_q, &p->cu_kv, &pt, &stride, &p->idx_scale, &ids, &scores, &nbs, &ks,
+				&p->split_ws};
 		if ((rc = msa_tmap(p->mod->ctx, &mq, qi, l->dtype_index, 3, dq, rq, box3, "qi")) ||
 		    (rc = msa_tmap(p->mod->ctx, &mk, ki, l->dtype_index, 2, dk, rk, box2, "ki")))
 			return rc;

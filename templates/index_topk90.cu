@@ -21,6 +21,15 @@
 // ones fill the tail.  fp8 e4m3 index tensors run natively
 // (wgmma k32 on e4m3), so unlike index_topk.cu nothing is widened.
 //
+// Split top-k (decode: few rows, long contexts): with ksplit > 1 the fused
+// kernel's CTAs of one query tile take ksplit even shares of its blocks;
+// each writes its rows' lists (the top KP of its share, in order) to
+// split_ws, and the last CTA of the tile to arrive (a ticket per tile,
+// reset by that CTA) merges them into the rows' ids: a warp per row takes
+// the KP-th best list head as a threshold, gathers the entries at or above
+// it (at most KP lists contribute) and ranks them.  No score reaches memory
+// and no second kernel runs.
+//
 // Launch: grid (ceil(max_q_len / (BM / Hi)) * ksplit, 1, batch), 128 x
 // (1 + NCW) threads; tensor maps over qi [total_q, Hi, Di] (3-d, boxes of
 // 128 bytes x Hi heads x BM / Hi queries) and ki [rows, Di] (2-d: the
@@ -114,6 +123,143 @@ __device__ __forceinline__ float row_max(const float (&S)[NC][4], int hf, int n0
 	return m;
 }
 
+#if !MSA_WRITE_SCORES
+// A list entry as one unsigned number in the selection order (larger
+// first: key descending, then block id ascending); 0 is an empty slot.
+__device__ __forceinline__ u64 split_pack(int key, int id)
+{
+	return key == TOPK_KEY_NONE ? 0ull : ((u64)((u32)key ^ 0x80000000u) << 32) | (u32)~id;
+}
+
+#define SPLIT_HL 4	// lists per lane: ksplit <= 128
+#define SPLIT_LS ((MSA_KP_ALLOC + 1) & ~1)	// a list's stride, entries
+#define SPLIT_CAP (4 * MSA_KP_ALLOC * MSA_KP_ALLOC)	// gathered entries of a row, at most
+// The merge's four warps use the key ring (the host splits only KP <= 16).
+static_assert(MSA_KP > 16 || 4 * (SPLIT_CAP + 128 + MSA_KP_ALLOC) * 8 <= NST * TBYTES,
+	      "index_topk90: split merge space");
+
+// One warp merges the ksplit (<= 128) sorted lists c[ksplit][SPLIT_LS]
+// (int2 key, id; the first KP used, KP <= 16) of a row with n visible
+// blocks into its ids dst.  Lane l holds the heads of lists l, l + 32, ...;
+// t, the KP-th best of the lanes' best heads, bounds the merged KP-th entry
+// from below (KP distinct entries reach it), so only entries >= t compete,
+// from the lists (<= 4 KP, of the KP lanes whose best reaches t) whose head
+// is >= t.  Their entries come in with a lane per entry, every load of a
+// round in flight at once (the lists come from L2), the ones >= t go to
+// buf (<= SPLIT_CAP) and are ranked.  ql: 128 list ids.
+__device__ __forceinline__ void split_merge_row(const int2 *c, int ksplit, int n, int *dst, u64 *buf, int *ql,
+						int *rank, int lane)
+{
+	if (n > MSA_TOPK && MSA_KP > 0) {
+		u64 h[SPLIT_HL], lb = 0;
+#pragma unroll
+		for (int j = 0; j < SPLIT_HL; j++) {
+			const int l = lane + 32 * j;
+			const int2 e = l < ksplit ? __ldcg(c + (size_t)l * SPLIT_LS) : make_int2(TOPK_KEY_NONE, -1);
+			h[j] = split_pack(e.x, e.y);
+			lb = h[j] > lb ? h[j] : lb;
+		}
+		int cnt = 0;	// lb's rank among the lanes' bests (distinct unless 0)
+#pragma unroll 8
+		for (int src = 0; src < 32; src++)
+			cnt += __shfl_sync(0xffffffffu, lb, src) > lb;
+		u64 t = 1;	// fewer than KP lanes hold entries: every entry competes
+		const unsigned tb = __ballot_sync(0xffffffffu, lb != 0 && cnt == MSA_KP - 1);
+		if (tb)
+			t = __shfl_sync(0xffffffffu, lb, __ffs(tb) - 1);
+		// the lists whose head reaches t, compacted into ql
+		int nq = 0;
+#pragma unroll
+		for (int j = 0; j < SPLIT_HL; j++) {
+			const unsigned b = __ballot_sync(0xffffffffu, h[j] >= t);
+			if (h[j] >= t)
+				ql[nq + __popc(b & ((1u << lane) - 1))] = lane + 32 * j;
+			nq += __popc(b);
+		}
+		__syncwarp();
+		// their entries: lane % 16 is the entry, lane / 16 picks of two lists
+		int m = 0;
+		const int x = lane % 16;
+		for (int p0 = 0; p0 < nq; p0 += 16) {
+			int2 v[8];
+#pragma unroll
+			for (int u = 0; u < 8; u++) {
+				const int p = p0 + 2 * u + lane / 16;
+				v[u] = p < nq && x < MSA_KP ? __ldcg(c + (size_t)ql[p] * SPLIT_LS + x)
+							    : make_int2(TOPK_KEY_NONE, -1);
+			}
+#pragma unroll
+			for (int u = 0; u < 8; u++) {
+				const u64 e = split_pack(v[u].x, v[u].y);
+				const unsigned b = __ballot_sync(0xffffffffu, e >= t);
+				if (e >= t)
+					buf[m + __popc(b & ((1u << lane) - 1))] = e;
+				m += __popc(b);
+			}
+		}
+		__syncwarp();
+		for (int i = lane; i < m; i += 32) {
+			const u64 v = buf[i];
+			int r = 0;
+			for (int y = 0; y < m; y++)
+				r += buf[y] > v;
+			if (r < MSA_KP)
+				rank[r] = (int)~(u32)v;
+		}
+		__syncwarp();
+	}
+	write_row_ids(dst, n, [&](int j) { return rank[j]; }, lane, 32);
+}
+
+// Split top-k: this CTA's lists to split_ws, then the tile's last CTA
+// merges every split's lists (see the top of the file).  ring: the key
+// ring's shared memory, free once the products are done.
+template <int TRN>
+__device__ __forceinline__ void split_finish(const int (&lk)[2][TRN], const int (&li)[2][TRN], const bool (&valid)[2],
+					     int rr0, int own, int lane, int wg, int nact, int total_q, int q0, int m0,
+					     int q_len, int shift, int ks, int ksplit, int tile, unsigned char *ring,
+					     int *flag, int *__restrict__ ids, int *split_ws)
+{
+	int2 *cand = reinterpret_cast<int2 *>(split_ws);
+	int *ticket = split_ws + (size_t)2 * HI * total_q * ksplit * SPLIT_LS + tile;
+	int &last = *flag;
+#pragma unroll
+	for (int hf = 0; hf < 2; hf++) {
+		if (!valid[hf])
+			continue;
+		const int row = rr0 + hf * 8;
+		int2 *dst = cand + (((size_t)(row % HI) * total_q + q0 + m0 + row / HI) * ksplit + ks) * SPLIT_LS;
+#pragma unroll
+		for (int r = 0; r < TRN; r++)
+			if (own * TRN + r < MSA_KP)
+				dst[own * TRN + r] = make_int2(lk[hf][r], li[hf][r]);
+	}
+	// The barrier orders the CTA's list stores before one thread's ticket,
+	// an acquire-release add at GPU scope (cumulative: it releases them
+	// and, in the last CTA, acquires every other CTA's); the second
+	// barrier orders the merge's reads after it.  No full fences.
+	named_sync(1, 128 * nact);
+	if (threadIdx.x == 128) {
+		int prev;
+		asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;\n" : "=r"(prev) : "l"(ticket) : "memory");
+		last = prev == ksplit - 1;
+		if (last)
+			*ticket = 0;	// for the next launch: every split has arrived
+	}
+	named_sync(1, 128 * nact);
+	if (!last || wg != 1)
+		return;
+	const int warp = (threadIdx.x / 32) % 4;
+	u64 *buf = reinterpret_cast<u64 *>(ring) + warp * (SPLIT_CAP + 128 + MSA_KP_ALLOC);
+	int *ql = reinterpret_cast<int *>(buf + SPLIT_CAP), *rank = ql + 128;
+	for (int row = warp; row < BM && m0 + row / HI < q_len; row += 4) {
+		const int i = m0 + row / HI, g = (row % HI) * total_q + q0 + i;
+		split_merge_row(cand + (size_t)g * ksplit * SPLIT_LS, ksplit, topk_visible_blocks(shift + i),
+				ids + (size_t)g * MSA_TOPK, buf, ql, rank, lane);
+	}
+}
+#endif
+
 template <bool B> struct flag_t {
 	static constexpr bool value = B;
 };
@@ -122,7 +268,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1)
 msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_t tk,
 		 const int *__restrict__ cu_q, const int *__restrict__ cu_kv,
 		 const int *__restrict__ page_table, int pt_stride, float score_scale,
-		 int *__restrict__ ids, float *__restrict__ scores, int nb_stride, int ksplit)
+		 int *__restrict__ ids, float *__restrict__ scores, int nb_stride, int ksplit,
+		 int *split_ws)
 {
 	extern __shared__ __align__(1024) unsigned char smem_raw[];
 	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u, sk = sq + QBYTES;
@@ -132,9 +279,9 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 #endif
 	const u32 bq = smem_u32(lists + 4 * MSA_KP_ALLOC * BM), bfull = bq + 8, bempty = bfull + 8 * NST;
 
-	const int ks = MSA_WRITE_SCORES ? blockIdx.x % ksplit : 0;
-	const int ntile = MSA_WRITE_SCORES ? gridDim.x / ksplit : gridDim.x;	// longest first
-	const int m0 = (ntile - 1 - (MSA_WRITE_SCORES ? blockIdx.x / ksplit : blockIdx.x)) * QPC;
+	const int ks = blockIdx.x % ksplit;
+	const int ntile = gridDim.x / ksplit;	// longest first
+	const int m0 = (ntile - 1 - blockIdx.x / ksplit) * QPC;
 	const int req = blockIdx.z;
 	const int q0 = cu_q[req], q_len = cu_q[req + 1] - q0;
 	if (m0 >= q_len)
@@ -145,7 +292,7 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	const int p_last = shift + min(m0 + QPC, q_len) - 1;
 	const int nb = topk_visible_blocks(p_last);	// blocks 0..nb-1, one tile each
 	int it0 = 0, it1 = nb;
-	if (MSA_WRITE_SCORES && ksplit > 1) {
+	if (ksplit > 1) {
 		const int bps = (nb + ksplit - 1) / ksplit;
 		it0 = min(nb, ks * bps);
 		it1 = min(nb, (ks + 1) * bps);
@@ -365,6 +512,12 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 			srow[b] = -MSA_INF;
 	}
 #else
+	if (ksplit > 1) {
+		split_finish(lk, li, valid, rr0, own, lane, wg, nact, total_q, q0, m0, q_len, shift, ks, ksplit,
+			     req * ntile + blockIdx.x / ksplit, smem_raw + (sk - smem_u32(smem_raw)), lid, ids,
+			     split_ws);
+		return;
+	}
 	// Stage each row's list in shared memory, then the quad writes the row.
 #pragma unroll
 	for (int hf = 0; hf < 2; hf++)

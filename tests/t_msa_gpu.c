@@ -76,6 +76,24 @@ static void check_plan_errors(gpu_env *env)
 	msa_spec_free(s);
 }
 
+/* A one-layer spec from text, its module and a contiguous plan over
+ * batch requests (cu_q, cu_kv); bails on any error. */
+static msa_plan *text_plan(gpu_env *env, const char *text, int batch, int *cq, int *ck, msa_spec **s,
+			   msa_module **m)
+{
+	msa_plan *p;
+	msa_batch b = {0};
+	msa_spec_load_string("t.lua", text, strlen(text), s, env->err, sizeof env->err);
+	if (!*s || msa_module_new(env->ctx, &(*s)->layers[0], m))
+		bail("%s", *s ? msa_ctx_error(env->ctx) : env->err);
+	b.batch = batch;
+	b.cu_q = cq;
+	b.cu_kv = ck;
+	if (msa_plan_new(*m, &b, &p))
+		bail("%s", msa_ctx_error(env->ctx));
+	return p;
+}
+
 /* Scores with few distinct values: the threshold select ranks ties, and
  * with few levels far more candidates tie than it can hold, so the fallback
  * path runs; both must match the reference exactly.  16 or 64 rows take
@@ -106,18 +124,9 @@ static void check_topk_ties(gpu_env *env, ref_rng *rng)
 		int cq[3] = {0, nq / nb, nq}, ck[3] = {0, cfg[c].kv, cfg[c].kv + cfg[c].kv2};
 		msa_spec *s;
 		msa_module *m;
-		msa_plan *p;
-		msa_batch b = {0};
 		snprintf(text, sizeof text,
 			 "layer { name = 't', heads = { q = 2, kv = 1 }, head_dim = 64, block = 64, topk = %d }", k);
-		msa_spec_load_string("t.lua", text, strlen(text), &s, env->err, sizeof env->err);
-		if (!s || msa_module_new(env->ctx, &s->layers[0], &m))
-			bail("%s", s ? msa_ctx_error(env->ctx) : env->err);
-		b.batch = nb;
-		b.cu_q = cq;
-		b.cu_kv = ck;
-		if (msa_plan_new(m, &b, &p))
-			bail("%s", msa_ctx_error(env->ctx));
+		msa_plan *p = text_plan(env, text, nb, cq, ck, &s, &m);
 		ref_batch rb = {nb, cq, ck};
 		const size_t ns = (size_t)nq * msa_plan_nb_max(p);
 		double *rs = malloc(sizeof(double) * ns);
@@ -142,6 +151,101 @@ static void check_topk_ties(gpu_env *env, ref_rng *rng)
 		gpu_free(env, &ids);
 		free(rs);
 		free(fs);
+		free(gids);
+		msa_plan_free(p);
+		msa_module_free(m);
+		msa_spec_free(s);
+	}
+}
+
+/* The wgmma index kernel's split top-k (decode: each CTA keeps the top of
+ * its share of blocks, the last CTA of a tile merges the lists), on block
+ * scores with few distinct values: every key of a block is one of `levels`
+ * vectors and every value is -1, 0 or 1, so equal levels give exactly
+ * equal scores, and the merged ids must follow the tie rule (lower block
+ * first) exactly.  Ragged contexts leave shares shorter than the list. */
+static void check_index_ties(gpu_env *env, ref_rng *rng)
+{
+	static const struct {
+		int hi, k, sink, local, levels, batch, kv[3], split;
+	} cfg[] = {
+		{2, 16, 0, 1, 3, 3, {200000, 70001, 1500}, 1},
+		{4, 16, 2, 1, 5, 1, {1000003}, 1},
+		{8, 8, 0, 0, 2, 2, {40000, 9000}, 1},
+		{4, 16, 0, 1, 1, 2, {300001, 128}, 1},
+		{2, 17, 0, 0, 4, 1, {500000}, 0},	/* KP 17: scores + msa_topk instead */
+	};
+	enum { DI = 64, BK = 128 };
+	for (int c = 0; c < MSA_COUNT(cfg); c++) {
+		const int hi = cfg[c].hi, k = cfg[c].k, nbq = cfg[c].batch, levels = cfg[c].levels;
+		int cq[4] = {0}, ck[4] = {0};
+		for (int r = 0; r < nbq; r++) {
+			cq[r + 1] = r + 1;
+			ck[r + 1] = ck[r] + cfg[c].kv[r];
+		}
+		char text[240];
+		snprintf(text, sizeof text,
+			 "layer { name = 'it', heads = { q = %d, kv = %d }, head_dim = 64, index_dim = %d, block = %d,"
+			 " topk = %d, sink_blocks = %d, local_blocks = %d }", 2 * hi, hi, DI, BK, k, cfg[c].sink,
+			 cfg[c].local);
+		msa_spec *s;
+		msa_module *m;
+		msa_plan *p = text_plan(env, text, nbq, cq, ck, &s, &m);
+		const int tq = nbq, tkv = ck[nbq], nbm = msa_plan_nb_max(p);
+		double *lv = malloc(sizeof(double) * levels * DI), *qd = malloc(sizeof(double) * tq * hi * DI);
+		double *rs = malloc(sizeof(double) * hi * tq * nbm);
+		unsigned short *kraw = malloc((size_t)tkv * DI * 2), *qraw = malloc((size_t)tq * hi * DI * 2);
+		int32_t *gids = malloc(sizeof(int32_t) * hi * tq * k);
+		char msg[256] = "";
+		for (int i = 0; i < levels * DI; i++)
+			lv[i] = floor((ref_uniform(rng) + 1) * 1.5) - 1;	/* -1, 0, 1 */
+		for (int i = 0; i < tq * hi * DI; i++) {
+			qd[i] = floor((ref_uniform(rng) + 1) * 1.5) - 1;
+			ref_store(REF_BF16, qraw, (size_t)i, qd[i]);
+		}
+		for (int r = 0; r < nbq; r++)
+			for (int j = 0; j < ck[r + 1] - ck[r]; j++)
+				for (int d = 0; d < DI; d++)
+					ref_store(REF_BF16, kraw, (size_t)(ck[r] + j) * DI + d,
+						  lv[(j / BK * 7 + r) % levels * DI + d]);
+		for (int h = 0; h < hi; h++)
+			for (int r = 0; r < nbq; r++)
+				for (int bl = 0; bl < nbm; bl++) {
+					double dot = 0;
+					for (int d = 0; d < DI; d++)
+						dot += qd[(r * hi + h) * DI + d] * lv[(bl * 7 + r) % levels * DI + d];
+					rs[((size_t)h * tq + r) * nbm + bl] = bl * BK < ck[r + 1] - ck[r] ? dot : -INFINITY;
+				}
+		gpu_tensor qi, ki, ids;
+		gpu_alloc(env, &qi, REF_BF16, (size_t)tq * hi * DI);
+		gpu_alloc(env, &ki, REF_BF16, (size_t)tkv * DI);
+		gpu_poison(env, &ids, REF_F32, (size_t)hi * tq * k);
+		env->cu->MemcpyHtoD(qi.dev, qraw, (size_t)tq * hi * DI * 2);
+		env->cu->MemcpyHtoD(ki.dev, kraw, (size_t)tkv * DI * 2);
+		ref_batch rb = {nbq, cq, ck};
+		int good = 1;
+		for (int rep = 0; rep < 2 && good; rep++) {	/* twice: the tickets reset */
+			int rc = msa_index_topk(p, (void *)qi.dev, (void *)ki.dev, (int32_t *)ids.dev, NULL);
+			if (!rc)
+				rc = gpu_sync(env);
+			if (!rc)
+				gpu_fetch_raw(env, &ids, gids, (size_t)hi * tq * k * 4);
+			good = !rc && ref_topk_check(gids, rs, &rb, hi, BK, k, cfg[c].local, cfg[c].sink, msg,
+						     sizeof msg);
+			env->cu->MemsetD8(ids.dev, 0xff, (size_t)hi * tq * k * 4);
+		}
+		ok(good && p->split_topk == cfg[c].split && p->ksplit > 1,
+		   "index split top-%d (Hi %d, %d splits, merged in-kernel: %s, expected %s) over %d levels, "
+		   "contexts %d..%d, twice: exact %s", k, hi, p->ksplit, p->split_topk ? "yes" : "no",
+		   cfg[c].split ? "yes" : "no", levels, cfg[c].kv[nbq - 1], cfg[c].kv[0], msg);
+		gpu_free(env, &qi);
+		gpu_free(env, &ki);
+		gpu_free(env, &ids);
+		free(lv);
+		free(qd);
+		free(rs);
+		free(kraw);
+		free(qraw);
 		free(gids);
 		msa_plan_free(p);
 		msa_module_free(m);
@@ -178,9 +282,11 @@ int main(void)
 		skip_all("no GPU: %s", env.err);
 	diag("compute capability %d, seed %llu (MSAGEN_SEED repeats it)", env.cc, (unsigned long long)env.seed);
 	rng = ref_rng_new(env.seed);
-	plan(8 + 8 + CHK_STAGES * MSA_COUNT(cases));
+	plan(8 + 8 + (env.cc >= 90 ? 5 : 0) + CHK_STAGES * MSA_COUNT(cases));
 	check_plan_errors(&env);
 	check_topk_ties(&env, &rng);
+	if (env.cc >= 90)
+		check_index_ties(&env, &rng);
 	for (int i = 0; i < MSA_COUNT(cases); i++)
 		run_case(&env, &cases[i], &rng, i);
 	gpu_done(&env);

@@ -89,9 +89,13 @@ static void pick_index_split(msa_plan *p)
 			       : (long)(p->max_q + 63) / 64 * l->heads_kv * p->batch;
 	size_t bytes = (size_t)l->heads_kv * p->total_q * p->nb_max * 4;
 	p->ksplit = 1;
-	/* up to half the SMs: each wgmma index CTA holds a whole SM, and fewer,
-	 * longer CTAs skip ring ramp-ups (bench/NOTES.md) */
-	while (ctas * p->ksplit * 2 <= p->mod->sms && p->ksplit * 4 <= p->nb_max)
+	/* at most one wave (a wgmma index CTA holds a whole SM) and at least
+	 * 4 blocks a CTA; MSAGEN_INDEX_KSPLIT caps the count (measurements: on
+	 * the H100 the b1 decode shapes lose 1-45 us with caps of 64 or 32,
+	 * bench/RESULTS.md) */
+	const char *most = getenv("MSAGEN_INDEX_KSPLIT");
+	const int cap = most && atoi(most) > 0 ? atoi(most) : 1 << 20;
+	while (ctas * p->ksplit * 2 <= p->mod->sms && p->ksplit * 4 <= p->nb_max && p->ksplit * 2 <= cap)
 		p->ksplit *= 2;
 	p->unfused = p->ksplit > 1 && bytes <= ((size_t)64 << 20);
 	/* the wgmma kernel merges its splits' lists itself when the merge's

@@ -315,23 +315,37 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 
 	if (wg == 0) {	// producer
 		setmaxnreg_dec<24>();
-		if (threadIdx.x == 0 && it0 < it1) {
-			tma_prefetch_map(&tq);
-			tma_prefetch_map(&tk);
-			mbar_expect_tx(bq, QBYTES);
-#pragma unroll
-			for (int a = 0; a < RB / 128; a++)
-				tma_load_3d(sq + a * BM * 128, &tq, bq, a * 128 / ES, 0, q0 + m0);
-			const int *pt = page_table ? page_table + (size_t)req * pt_stride : nullptr;
-			for (int it = it0; it < it1; it++) {
-				const int j = it - it0, s = j % NST;
-				if (j >= NST)
-					mbar_wait(bempty + 8 * s, ((j / NST) & 1) ^ 1);
-				const int row = pt ? pt[it] * BK : k0 + it * BK;
-				mbar_expect_tx(bfull + 8 * s, TBYTES);
+		// Warp 0 reads the page table 32 blocks at a time, a lane a block,
+		// the next 32 in flight while this 32's loads go out, so no block
+		// waits on its page id after a stage frees; lane 0 drives TMA.
+		if (threadIdx.x < 32 && it0 < it1) {
+			const int lane = threadIdx.x;
+			if (lane == 0) {
+				tma_prefetch_map(&tq);
+				tma_prefetch_map(&tk);
+				mbar_expect_tx(bq, QBYTES);
 #pragma unroll
 				for (int a = 0; a < RB / 128; a++)
-					tma_load_2d(sk + s * TBYTES + a * 128 * 128, &tk, bfull + 8 * s, a * 128 / ES, row);
+					tma_load_3d(sq + a * BM * 128, &tq, bq, a * 128 / ES, 0, q0 + m0);
+			}
+			const int *pt = page_table ? page_table + (size_t)req * pt_stride : nullptr;
+			auto first_row = [&](int it) { return it >= it1 ? 0 : pt ? pt[it] * BK : k0 + it * BK; };
+			int cur = first_row(it0 + lane);
+			for (int c = it0; c < it1; c += 32) {
+				const int nxt = first_row(c + 32 + lane), n = min(32, it1 - c);
+				for (int x = 0; x < n; x++) {
+					const int row = __shfl_sync(0xffffffffu, cur, x), j = c + x - it0, s = j % NST;
+					if (lane == 0) {
+						if (j >= NST)
+							mbar_wait(bempty + 8 * s, ((j / NST) & 1) ^ 1);
+						mbar_expect_tx(bfull + 8 * s, TBYTES);
+#pragma unroll
+						for (int a = 0; a < RB / 128; a++)
+							tma_load_2d(sk + s * TBYTES + a * 128 * 128, &tk, bfull + 8 * s,
+								    a * 128 / ES, row);
+					}
+				}
+				cur = nxt;
 			}
 		}
 		return;

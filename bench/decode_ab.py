@@ -31,7 +31,7 @@ def main():
     for shape in args.shapes.split(","):
         batch, ctx = (int(x) for x in shape.split("x"))
         for ns in (int(n) for n in args.nsplit.split(",")):
-            x = paged_decode(layer, batch, ctx, nsplit=ns)
+            x = paged_decode(layer, batch, ctx, idt=layer.dtypes["index"], nsplit=ns)
             eager, graph = median_ms(x.run, reps=7), graph_ms(x.run)
             nbytes = sum(decode_bytes(layer, x, batch, ctx))
             print(f"decode b{batch} {ctx // 1024}K [{args.tag}, {x.plan.nsplit} splits]: eager {eager * 1e3:.1f} us, "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: the GPU tests, then MSA decode alone by
 # bench/decode_ab.py.  With OLD=DIR (a second build carried along, e.g. of
-# the previous commit) the two builds run in turns, ROUNDS rounds, for an
+# the previous commit: copy all of build/, whose libmsagen.so loads the
+# liblua5.4.so.0 beside it) the two builds run in turns, ROUNDS rounds, for an
 # A/B on one card; with ENVS="A=1 A=0" settings of an environment variable
 # take turns instead.  Logs in $OUT.
 set -u

@@ -239,6 +239,8 @@ static void stage_index_topk(run *u, double *rs, gpu_tensor *ids, int32_t *gids)
 					   l->local_blocks, l->sink_blocks, rel, 1e-4, u->row.note,
 					   sizeof u->row.note);
 	}
+	if (good && u->p->split_topk)
+		msa_fmt(u->row.note, sizeof u->row.note, "(%d splits, merged in-kernel)", u->p->ksplit);
 	emit(u, "index_topk", good, good ? 0 : 1, 0);
 }
 

@@ -54,12 +54,12 @@ static const char usage_check[] =
 	"usage: msagen check SPEC [--seed N] [--cache-dir DIR]\n"
 	"\n"
 	"For every layer of SPEC, run each kernel (index scores, top-k, fused index\n"
-	"+ top-k, sparse attention, the whole MSA layer, dense) on the GPU on three\n"
+	"+ top-k, sparse attention, the whole MSA layer, dense) on the GPU on four\n"
 	"random shapes (prefill, chunked prefill over shuffled pages, decode over\n"
-	"pages with split-KV) and compare with a float64 CPU reference.  Prints one\n"
-	"row per kernel and shape; exit status 1 if any fails.  Inputs are fresh\n"
-	"random values (page slots no request fills hold NaN); --seed repeats a\n"
-	"run.  Needs a GPU.\n";
+	"pages with split-KV, one-query decode over long contexts) and compare with\n"
+	"a float64 CPU reference.  Prints one row per kernel and shape; exit status\n"
+	"1 if any fails.  Inputs are fresh random values (page slots no request\n"
+	"fills hold NaN); --seed repeats a run.  Needs a GPU.\n";
 
 typedef struct args {
 	const char *pos[4];
@@ -319,6 +319,8 @@ static int cmd_check(int argc, char **argv)
 		{2, 96, 300, 0, 0, 0, 0},	/* prefill, contiguous KV */
 		{3, 64, 1500, 1, 0, 0, 0},	/* chunked prefill over shuffled pages */
 		{3, 8, 3000, 1, 0, 0, 0},	/* decode over pages; the plan splits */
+		{2, 1, 20000, 1, 0, 0, 0},	/* one-query decode: on sm_90a the index kernel
+						   splits and merges its top-k lists itself */
 	};
 	args a;
 	msa_spec *spec = NULL;

@@ -470,7 +470,7 @@ static int sb_template(sbuf *b, const char *name, const char **seen, int *nseen,
  * and the per-row candidate lists (score + id), with room for alignment. */
 static int msa_index_topk_smem(const msa_layer *l)
 {
-	int kp = l->topk - l->sink_blocks - l->local_blocks;
+	int kp = msa_layer_kp(l);
 	return 3 * 64 * l->index_dim * 2 + 64 * (kp > 0 ? kp : 1) * 8 + 256;
 }
 
@@ -512,7 +512,7 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		return;
 	case MSA_K_INDEX_SCORES90:
 	case MSA_K_INDEX_TOPK90: {	/* 1 KB alignment, Q + NST K tiles, the lists' ids, barriers */
-		int kp = l->topk - l->sink_blocks - l->local_blocks, rb = l->index_dim * (int)msa_dtype_size(l->dtype_index);
+		int kp = msa_layer_kp(l), rb = l->index_dim * (int)msa_dtype_size(l->dtype_index);
 		int ncw = v->kind == MSA_K_INDEX_TOPK90 ? v->tune[0] : 2, bm = 64 * ncw;
 		int nst = rb == 256 ? (ncw == 2 ? 5 : 4) : 8;
 		*threads = 128 * (1 + ncw);

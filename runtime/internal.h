@@ -182,6 +182,11 @@ int msa_dense90_sched(const msa_layer *l, int causal, long max_q);
 /* index_topk90's consumer warpgroups for a layer's plans: the first the
  * spec lists, else the default. */
 int msa_index90_consumers(const msa_layer *l);
+/* KP: the top-k slots a layer ranks (the rest are forced sinks and local). */
+static inline int msa_layer_kp(const msa_layer *l)
+{
+	return l->topk - l->sink_blocks - l->local_blocks;
+}
 int msa_topk_cluster(const char *arch);	/* the most CTAs per row */
 enum { MSA_DENSE90_SCHED = 3, MSA_DENSE90_SCHED_LONG = 0 };
 /* Generate the CUDA source: prelude of constants, then the template after a

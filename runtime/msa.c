@@ -97,18 +97,21 @@ static void pick_index_split(msa_plan *p)
 	const int cap = most && atoi(most) > 0 ? atoi(most) : 1 << 20;
 	while (ctas * p->ksplit * 2 <= p->mod->sms && p->ksplit * 4 <= p->nb_max && p->ksplit * 2 <= cap)
 		p->ksplit *= 2;
-	p->unfused = p->ksplit > 1 && bytes <= ((size_t)64 << 20);
 	/* the wgmma kernel merges its splits' lists itself when the merge's
 	 * four warps have at most two rows each (q1 decode), KP <= 16 and
-	 * ksplit <= 128;
+	 * ksplit <= 128; else the splits write scores for msa_topk.
 	 * MSAGEN_INDEX_SPLIT=scores keeps scores + msa_topk (comparisons) */
 	const char *force = getenv("MSAGEN_INDEX_SPLIT");
-	int kp = l->topk - l->sink_blocks - l->local_blocks;
-	p->split_topk = p->index90 && p->ksplit > 1 && p->ksplit <= 128 && kp <= 16 &&
-			(long)p->max_q * l->heads_kv <= 8 &&
-			!(force && strcmp(force, "scores") == 0);
-	if (p->split_topk)
-		p->unfused = 0;
+	p->split_topk = p->index90 && p->ksplit > 1 && p->ksplit <= 128 && msa_layer_kp(l) <= 16 &&
+			(long)p->max_q * l->heads_kv <= 8 && !(force && strcmp(force, "scores") == 0);
+	p->unfused = p->ksplit > 1 && !p->split_topk && bytes <= ((size_t)64 << 20);
+}
+
+/* Queries a wgmma index CTA takes: 64 rows per consumer warpgroup (one
+ * producer warpgroup), the Hi heads of each query. */
+static int index90_qpc(const msa_kernel *k, const msa_layer *l)
+{
+	return (k->threads - 128) / 2 / l->heads_kv;
 }
 
 /* Few long rows (decode): msa_topk_rows with a CTA per row, or from sm_90
@@ -166,7 +169,7 @@ static int plan_upload(msa_plan *p, const msa_batch *b)
 				      ctx->err, sizeof ctx->err)))
 		return rc;
 	if (p->split_topk) {
-		int kp = l->topk - l->sink_blocks - l->local_blocks, qpc = (p->k_itopk->threads - 128) / 2 / l->heads_kv;
+		int kp = msa_layer_kp(l), qpc = index90_qpc(p->k_itopk, l);
 		size_t lists = (size_t)l->heads_kv * p->total_q * p->ksplit * ((kp > 0 ? kp : 1) + 1) / 2 * 16;
 		size_t tickets = (size_t)p->batch * ((p->max_q + qpc - 1) / qpc) * 4;
 		if ((rc = msa_cu_check(cu->MemAlloc(&p->split_ws, lists + tickets + 16), "cuMemAlloc(split top-k)",
@@ -387,8 +390,7 @@ static int run_index(msa_plan *p, msa_kernel *k, const void *qi, const void *ki,
 		return MSA_OK;
 	if (p->index90) {
 		CUtensorMap mq, mk;
-		/* 64 rows per consumer warpgroup, one producer warpgroup */
-		const int es = (int)msa_dtype_size(l->dtype_index), qpc = (k->threads - 128) / 2 / l->heads_kv;
+		const int es = (int)msa_dtype_size(l->dtype_index), qpc = index90_qpc(k, l);
 		const int box3[3] = {128 / es, l->heads_kv, qpc}, box2[2] = {128 / es, 128};
 		const long dq[3] = {l->index_dim, l->heads_kv, p->total_q}, rq[2] = {(long)l->index_dim * es,
 										     (long)l->index_dim * es * l->heads_kv};

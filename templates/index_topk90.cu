@@ -25,10 +25,8 @@
 // kernel's CTAs of one query tile take ksplit even shares of its blocks;
 // each writes its rows' lists (the top KP of its share, in order) to
 // split_ws, and the last CTA of the tile to arrive (a ticket per tile,
-// reset by that CTA) merges them into the rows' ids: a warp per row takes
-// the KP-th best list head as a threshold, gathers the entries at or above
-// it (at most KP lists contribute) and ranks them.  No score reaches memory
-// and no second kernel runs.
+// reset by that CTA) merges them into the rows' ids, a warp per row
+// (split_merge_row).  No score reaches memory and no second kernel runs.
 //
 // Launch: grid (ceil(max_q_len / (BM / Hi)) * ksplit, 1, batch), 128 x
 // (1 + NCW) threads; tensor maps over qi [total_q, Hi, Di] (3-d, boxes of

@@ -50,7 +50,7 @@ def prefill(layer, n, ws_list, rounds):
 
 
 def decode(layer, batch, ctx):
-    run = paged_decode(layer, batch, ctx).run
+    run = paged_decode(layer, batch, ctx, idt=layer.dtypes["index"]).run
     print(f"decode b{batch} {ctx // 1024}K: {median_ms(run, reps=7):.3f} ms | {kernels(run)}", flush=True)
 
 

@@ -6,11 +6,7 @@ bandwidth on the bytes decode must read (compare.py's count).  For an A/B
 of two builds or settings on one card, run it once per variant in turns;
 --tag names the variant in the lines (default: MSAGEN_LIB).
 
-    python3 bench/decode_ab.py [--shapes 1x8192,1x131072,8x131072] [--tag new] [--nsplit 0,16,32] [--fence]
-
---fence puts a one-element torch kernel between calls, as other layers'
-kernels would sit between two decode steps of one layer: the first kernel
-of a call then cannot overlap the last of the call before.
+    python3 bench/decode_ab.py [--shapes 1x8192,1x131072,8x131072] [--tag new] [--nsplit 0,16,32]
 """
 import argparse
 import os
@@ -21,7 +17,6 @@ sys.path.insert(0, HERE)
 from compare import CEIL_TBS, SPEC, decode_bytes, graph_ms, median_ms, paged_decode  # noqa: E402  (puts python/ on the path)
 
 import msagen  # noqa: E402
-import torch  # noqa: E402
 
 
 def main():
@@ -31,18 +26,15 @@ def main():
     ap.add_argument("--tag", default=os.environ.get("MSAGEN_LIB", "this build"), help="variant name in the lines")
     ap.add_argument("--spec", default=SPEC, help="layer spec (default: MiniMax-M3)")
     ap.add_argument("--nsplit", default="0", help="comma list of split counts to run each shape with (0: the plan's)")
-    ap.add_argument("--fence", action="store_true", help="a torch kernel between calls")
     args = ap.parse_args()
-    fence = torch.zeros(1, device="cuda")
     layer = msagen.load(args.spec)
     for shape in args.shapes.split(","):
         batch, ctx = (int(x) for x in shape.split("x"))
         for ns in (int(n) for n in args.nsplit.split(",")):
             x = paged_decode(layer, batch, ctx, idt=layer.dtypes["index"], nsplit=ns)
-            run = (lambda: (x.run(), fence.add_(1))) if args.fence else x.run
-            eager, graph = median_ms(run, reps=7), graph_ms(run)
+            eager, graph = median_ms(x.run, reps=7), graph_ms(x.run)
             nbytes = sum(decode_bytes(layer, x, batch, ctx))
-            print(f"decode b{batch} {ctx // 1024}K [{args.tag}, {x.plan.nsplit} splits{', fenced' if args.fence else ''}]: eager {eager * 1e3:.1f} us, "
+            print(f"decode b{batch} {ctx // 1024}K [{args.tag}, {x.plan.nsplit} splits]: eager {eager * 1e3:.1f} us, "
                   f"graph {graph * 1e3:.1f} us ({nbytes / graph / 1e6 / (CEIL_TBS * 1e3) * 100:.0f}% of copy)",
                   flush=True)
             x.plan.close()

@@ -283,37 +283,28 @@ int msa_launch_fn(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, un
 					     args, NULL), name, ctx->err, sizeof ctx->err);
 }
 
-int msa_launch_ex(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned gy, unsigned gz,
-		  unsigned cluster, int pdl, unsigned threads, unsigned smem, void **args, void *stream)
+int msa_launch_cluster(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned cluster,
+		       unsigned threads, void **args, void *stream)
 {
 	const msa_cu *cu;
-	CUlaunchAttribute at[2];
+	CUlaunchAttribute at;
 	CUlaunchConfig cfg = {0};
 	int rc;
-	if (cluster <= 1 && !pdl)
-		return msa_launch_fn(ctx, fn, name, gx, gy, gz, threads, smem, args, stream);
+	if (cluster <= 1)
+		return msa_launch_fn(ctx, fn, name, gx, 1, 1, threads, 0, args, stream);
 	if ((rc = msa_cu_get(&cu, ctx->err, sizeof ctx->err)) != MSA_OK)
 		return rc;
-	memset(at, 0, sizeof at);
-	if (cluster > 1) {
-		at[cfg.numAttrs].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-		at[cfg.numAttrs].value.clusterDim.x = cluster;
-		at[cfg.numAttrs].value.clusterDim.y = at[cfg.numAttrs].value.clusterDim.z = 1;
-		cfg.numAttrs++;
-	}
-	if (pdl) {
-		at[cfg.numAttrs].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-		at[cfg.numAttrs].value.programmaticStreamSerializationAllowed = 1;
-		cfg.numAttrs++;
-	}
+	memset(&at, 0, sizeof at);
+	at.id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+	at.value.clusterDim.x = cluster;
+	at.value.clusterDim.y = at.value.clusterDim.z = 1;
 	cfg.gridDimX = gx;
-	cfg.gridDimY = gy;
-	cfg.gridDimZ = gz;
+	cfg.gridDimY = cfg.gridDimZ = 1;
 	cfg.blockDimX = threads;
 	cfg.blockDimY = cfg.blockDimZ = 1;
-	cfg.sharedMemBytes = smem;
 	cfg.hStream = (CUstream)stream;
-	cfg.attrs = at;
+	cfg.attrs = &at;
+	cfg.numAttrs = 1;
 	return msa_cu_check(cu->LaunchKernelEx(&cfg, fn, args, NULL), name, ctx->err, sizeof ctx->err);
 }
 
@@ -322,11 +313,4 @@ int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsi
 {
 	return msa_launch_fn(ctx, k->fn, k->name, gx, gy, gz, (unsigned)k->threads, (unsigned)k->smem,
 			     args, stream);
-}
-
-int msa_launch_pdl(msa_ctx *ctx, const msa_kernel *k, int pdl, unsigned gx, unsigned gy, unsigned gz,
-		   void **args, void *stream)
-{
-	return msa_launch_ex(ctx, k->fn, k->name, gx, gy, gz, 1, pdl, (unsigned)k->threads,
-			     (unsigned)k->smem, args, stream);
 }

@@ -396,15 +396,9 @@ int msa_launch(msa_ctx *ctx, const msa_kernel *k, unsigned gx, unsigned gy, unsi
 	       void **args, void *stream);
 int msa_launch_fn(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned gy,
 		  unsigned gz, unsigned threads, unsigned smem, void **args, void *stream);
-/* cuLaunchKernelEx: clusters of `cluster` CTAs along x (1: none) and,
- * with pdl, programmatic stream serialization: the kernel may launch
- * before the one ahead of it on the stream ends, and must call pdl_wait()
- * (common.cuh) before it touches what that one writes. */
-int msa_launch_ex(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned gy, unsigned gz,
-		  unsigned cluster, int pdl, unsigned threads, unsigned smem, void **args, void *stream);
-/* msa_launch with msa_launch_ex's pdl. */
-int msa_launch_pdl(msa_ctx *ctx, const msa_kernel *k, int pdl, unsigned gx, unsigned gy, unsigned gz,
-		   void **args, void *stream);
+/* A 1-d grid of gx CTAs in clusters of `cluster` (1: a plain launch). */
+int msa_launch_cluster(msa_ctx *ctx, CUfunction fn, const char *name, unsigned gx, unsigned cluster,
+		       unsigned threads, void **args, void *stream);
 
 /* ------------------------------------------------------------ tune.c */
 
@@ -455,8 +449,6 @@ struct msa_plan {
 	CUdeviceptr split_ws;	/* its lists [Hi, total_q, ksplit, KP] x (key, id), then tickets */
 	int topk_ctas;		/* msa_topk: CTAs per row (a cluster when > 1), 0: a warp per row */
 	int dense_qo;		/* msa_dense: sparse_fwd over every key (decode), not the tile kernels */
-	int pdl;		/* index, top-k, sparse_fwd and combine launch with programmatic
-				 * serialization (sm_90 and later; MSAGEN_PDL=0 turns it off) */
 	CUdeviceptr scores_ws;	/* [Hi, total_q, nb_max] when unfused */
 	int chunk;		/* queries per KV-outer pass */
 	int nbt, max_tiles;	/* blocks of all requests; tiles per pass */

@@ -287,10 +287,6 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 	/* the wgmma index kernels (prefill and decode) unless MSAGEN_INDEX=mma */
 	p->index90 = msa_module_wgmma(mod, MSA_K_INDEX_TOPK90, "MSAGEN_INDEX");
 	pick_index_split(p);
-	/* every kernel of the decode chain waits for the one before it
-	 * (pdl_wait) before touching memory, so each may launch early */
-	const char *pdl = getenv("MSAGEN_PDL");
-	p->pdl = atoi(mod->arch + 3) >= 90 && !(pdl && strcmp(pdl, "0") == 0);
 	p->topk_ctas = pick_topk_ctas(p);
 	plan_scales(p, b);
 	if (b->sparse_mode < 0 || b->sparse_mode > 2) {
@@ -404,12 +400,12 @@ static int run_index(msa_plan *p, msa_kernel *k, const void *qi, const void *ki,
 		if ((rc = msa_tmap(p->mod->ctx, &mq, qi, l->dtype_index, 3, dq, rq, box3, "qi")) ||
 		    (rc = msa_tmap(p->mod->ctx, &mk, ki, l->dtype_index, 2, dk, rk, box2, "ki")))
 			return rc;
-		return msa_launch_pdl(p->mod->ctx, k, p->pdl, (unsigned)((p->max_q + qpc - 1) / qpc * ks), 1,
-				      (unsigned)p->batch, args, stream);
+		return msa_launch(p->mod->ctx, k, (unsigned)((p->max_q + qpc - 1) / qpc * ks), 1, (unsigned)p->batch,
+				  args, stream);
 	}
 	void *args[] = {&qi, &ki, &p->cu_q, &p->cu_kv, &pt, &stride, &p->idx_scale, &ids, &scores, &nbs, &ks};
-	return msa_launch_pdl(p->mod->ctx, k, p->pdl, (unsigned)((p->max_q + 63) / 64 * ks),
-			      (unsigned)l->heads_kv, (unsigned)p->batch, args, stream);
+	return msa_launch(p->mod->ctx, k, (unsigned)((p->max_q + 63) / 64 * ks), (unsigned)l->heads_kv,
+			  (unsigned)p->batch, args, stream);
 }
 
 int msa_index_scores(msa_plan *p, const void *qi, const void *ki, float *scores, void *stream)
@@ -432,10 +428,10 @@ int msa_topk(msa_plan *p, const float *scores, int32_t *ids, void *stream)
 	if (rows == 0)
 		return MSA_OK;
 	if (p->topk_ctas)
-		return msa_launch_ex(p->mod->ctx, p->k_topk->fn2, "msa_topk_rows", (unsigned)(rows * p->topk_ctas),
-				     1, 1, (unsigned)p->topk_ctas, p->pdl, (unsigned)p->k_topk->threads, 0, args,
-				     stream);
-	return msa_launch_pdl(p->mod->ctx, p->k_topk, p->pdl, (unsigned)((rows + 3) / 4), 1, 1, args, stream);
+		return msa_launch_cluster(p->mod->ctx, p->k_topk->fn2, "msa_topk_rows",
+					  (unsigned)(rows * p->topk_ctas), (unsigned)p->topk_ctas,
+					  (unsigned)p->k_topk->threads, args, stream);
+	return msa_launch(p->mod->ctx, p->k_topk, (unsigned)((rows + 3) / 4), 1, 1, args, stream);
 }
 
 /* One KV-outer pass over queries [t0, t1): gather lists, scan, fill,
@@ -493,7 +489,7 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	    (rc = msa_launch(ctx, p->k_kvo, (unsigned)((p->max_tiles + kvo_tpc - 1) / kvo_tpc), 1, 1,
 			     p->kvo_bf16 ? kv : kv + 3, stream)))
 		return rc;
-	return msa_launch_pdl(ctx, p->k_combine, p->pdl, (unsigned)((rows + 3) / 4), 1, 1, cb, stream);
+	return msa_launch(ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cb, stream);
 }
 
 /* msa_sparse_fwd over every query and group (split nsplit ways, then the
@@ -509,14 +505,13 @@ static int run_query_outer(msa_plan *p, const void *q, const void *k, const void
 			&p->out_scale, &p->total_q, &out, &lse, &p->part_o, &p->part_lse, &dense};
 	if (p->total_q == 0)
 		return MSA_OK;
-	rc = msa_launch_pdl(p->mod->ctx, p->k_sparse, p->pdl, (unsigned)p->total_q, (unsigned)l->heads_kv,
-			    (unsigned)p->nsplit, args, stream);
+	rc = msa_launch(p->mod->ctx, p->k_sparse, (unsigned)p->total_q, (unsigned)l->heads_kv,
+			(unsigned)p->nsplit, args, stream);
 	if (rc || p->nsplit == 1)
 		return rc;
 	int mode = 0;
 	void *cargs[] = {&p->part_o, &p->part_lse, &p->nsplit, &rows, &mode, &out, &lse};
-	return msa_launch_pdl(p->mod->ctx, p->k_combine, p->pdl, (unsigned)((rows + 3) / 4), 1, 1, cargs,
-			      stream);
+	return msa_launch(p->mod->ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cargs, stream);
 }
 
 int msa_sparse_attn(msa_plan *p, const void *q, const void *k, const void *v, const int32_t *ids,

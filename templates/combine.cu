@@ -113,8 +113,6 @@ extern "C" __global__ void __launch_bounds__(128, 8)
 msa_combine(const float *__restrict__ part_o, const float *__restrict__ part_lse, int nsplit,
 	    int rows, int mode, out_t *__restrict__ out, float *__restrict__ lse)
 {
-	pdl_wait();
-	pdl_trigger();
 	const int row = blockIdx.x * 4 + threadIdx.x / 32, lane = threadIdx.x % 32;
 	if (row >= rows)
 		return;

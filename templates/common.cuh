@@ -104,28 +104,6 @@ __device__ __forceinline__ void cp_async16(u32 dst, const void *src, int src_byt
 	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
 		     :: "r"(dst), "l"(src), "r"(src_bytes));
 }
-
-// Programmatic dependent launch (sm_90 and later).  A kernel the runtime
-// launches with it may start while the kernel before it on the stream
-// still runs.  pdl_wait() blocks until that kernel has finished and its
-// writes are visible: such a kernel calls it before any early return and
-// before it touches global memory that an earlier kernel may write.
-// pdl_trigger() lets the next kernel's CTAs launch; called only after
-// pdl_wait(), so a kernel started early may read whatever was written
-// before the kernel it overlaps began.  No-ops below sm_90, and when the
-// launch did not ask for it.
-__device__ __forceinline__ void pdl_wait()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-	asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_trigger()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-	asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N> __device__ __forceinline__ void cp_async_wait()
 {

@@ -126,8 +126,6 @@ msa_index_topk(const void *__restrict__ qi, const void *__restrict__ ki,
 	itk_smem_t &sm = *reinterpret_cast<itk_smem_t *>(smem_raw);
 	// index_scores may split a request's blocks over ksplit CTAs (decode:
 	// few queries, long contexts); grid.x = query tiles x ksplit.
-	pdl_wait();
-	pdl_trigger();
 	const int ks = MSA_WRITE_SCORES ? blockIdx.x % ksplit : 0;
 	const int m0 = (MSA_WRITE_SCORES ? blockIdx.x / ksplit : blockIdx.x) * ITK_BM;
 	const int h = blockIdx.y, req = blockIdx.z;

@@ -277,8 +277,6 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 #endif
 	const u32 bq = smem_u32(lists + 4 * MSA_KP_ALLOC * BM), bfull = bq + 8, bempty = bfull + 8 * NST;
 
-	pdl_wait();
-	pdl_trigger();
 	const int ks = blockIdx.x % ksplit;
 	const int ntile = gridDim.x / ksplit;	// longest first
 	const int m0 = (ntile - 1 - blockIdx.x / ksplit) * QPC;

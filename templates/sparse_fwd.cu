@@ -101,8 +101,6 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 {
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	smem_t &sm = *reinterpret_cast<smem_t *>(smem_raw);
-	pdl_wait();
-	pdl_trigger();
 	const int t = blockIdx.x, g = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
 	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 	const int rw = warp % RW, cw = warp / RW;

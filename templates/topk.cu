@@ -243,8 +243,6 @@ msa_topk(const float *__restrict__ scores, int nb_stride, const int *__restrict_
 	__shared__ int pick[TOPK_WARPS][MSA_KP_ALLOC];
 	__shared__ float cand_s[TOPK_WARPS][TOPK_CAP];
 	__shared__ int cand_i[TOPK_WARPS][TOPK_CAP];
-	pdl_wait();
-	pdl_trigger();
 	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 	const long long row = (long long)blockIdx.x * TOPK_WARPS + warp;
 	const topk_row_t rw = topk_row(scores, nb_stride, cu_q, cu_kv, batch, total_q, ids, row);
@@ -321,8 +319,6 @@ msa_topk_rows(const float *__restrict__ scores, int nb_stride, const int *__rest
 	__shared__ float cand_s[TOPK_WARPS * TOPK_CAP], best_s[NT], list_s[MSA_KP_ALLOC];
 	__shared__ int cand_i[TOPK_WARPS * TOPK_CAP];
 	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-	pdl_wait();
-	pdl_trigger();
 	int part, C;
 	cluster_place(part, C);
 	const long long row = blockIdx.x / C;	// uniform over the cluster

@@ -63,8 +63,7 @@ int msa_module_kernel(msa_module *m, msa_kind kind, int causal, msa_kernel **out
 
 int msa_module_wgmma(const msa_module *m, msa_kind kind, const char *env)
 {
-	const char *force = getenv(env);
-	return msa_layer_supports_on(&m->layer, kind, m->arch) && !(force && strcmp(force, "mma") == 0);
+	return msa_layer_supports_on(&m->layer, kind, m->arch) && !msa_env_is(env, "mma");
 }
 
 /* The dense kernel for a plan: on sm_90a the wgmma kernel, unless

@@ -19,6 +19,8 @@ void msa_fmt(char *buf, size_t n, const char *fmt, ...) MSA_FMT(3, 4);
 /* malloc'ed printf; NULL on allocation failure. */
 char *msa_strdupf(const char *fmt, ...) MSA_FMT(1, 2);
 double msa_now_ms(void);
+/* Whether environment variable `name` is set to exactly `value`. */
+int msa_env_is(const char *name, const char *value);
 /* Read a whole file (NUL-terminated); returns MSA_OK, MSA_EIO or MSA_ENOMEM. */
 int msa_read_file(const char *path, char **data, size_t *len);
 /* mkdir -p */

@@ -69,7 +69,9 @@ static int pick_nsplit(const msa_plan *p, int want)
 {
 	const msa_layer *l = &p->mod->layer;
 	long ctas = (long)p->total_q * l->heads_kv;
-	int n = 1, most = l->topk * (l->block / 64) < 64 ? l->topk * (l->block / 64) : 64;
+	int n = 1, most = l->topk * (l->block / 64);	/* the selected tiles */
+	if (most > 64)
+		most = 64;
 	if (want > 0)
 		return want < most ? want : most;
 	while (n < most && ctas * n * 2 <= 2L * p->mod->sms)
@@ -101,9 +103,8 @@ static void pick_index_split(msa_plan *p)
 	 * four warps have at most two rows each (q1 decode), KP <= 16 and
 	 * ksplit <= 128; else the splits write scores for msa_topk.
 	 * MSAGEN_INDEX_SPLIT=scores keeps scores + msa_topk (comparisons) */
-	const char *force = getenv("MSAGEN_INDEX_SPLIT");
 	p->split_topk = p->index90 && p->ksplit > 1 && p->ksplit <= 128 && msa_layer_kp(l) <= 16 &&
-			(long)p->max_q * l->heads_kv <= 8 && !(force && strcmp(force, "scores") == 0);
+			(long)p->max_q * l->heads_kv <= 8 && !msa_env_is("MSAGEN_INDEX_SPLIT", "scores");
 	p->unfused = p->ksplit > 1 && !p->split_topk && bytes <= ((size_t)64 << 20);
 }
 
@@ -325,8 +326,7 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 	 * query-outer sparse kernel over every key, a CTA per (query, group) so
 	 * the group's heads share each K/V load, split over the SMs like sparse
 	 * decode; MSAGEN_DENSE_DECODE=tiles keeps the tile kernels (comparisons). */
-	const char *force = getenv("MSAGEN_DENSE_DECODE");
-	p->dense_qo = p->max_q <= 16 && p->k_sparse && !(force && strcmp(force, "tiles") == 0);
+	p->dense_qo = p->max_q <= 16 && p->k_sparse && !msa_env_is("MSAGEN_DENSE_DECODE", "tiles");
 	*out = p;
 	return MSA_OK;
 }

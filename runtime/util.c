@@ -32,6 +32,12 @@ char *msa_strdupf(const char *fmt, ...)
 	return s;
 }
 
+int msa_env_is(const char *name, const char *value)
+{
+	const char *v = getenv(name);
+	return v && strcmp(v, value) == 0;
+}
+
 double msa_now_ms(void)
 {
 	struct timespec ts;

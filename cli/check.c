@@ -79,10 +79,11 @@ static void make_io(gpu_env *env, io *x, const msa_layer *l, const chk_case *c, 
 	int tkv = ref_total_kv(rb), tq = ref_total_q(rb);
 	enum ref_fmt f = fmts[l->dtype_q], fi = fmts[l->dtype_index];
 	gpu_random(env, &x->q, f, (size_t)tq * l->heads_q * l->head_dim, rng, 1.0);
-	gpu_random(env, &x->qi, fi, (size_t)tq * l->heads_kv * l->index_dim, rng, 1.0);
+	const double ia = c->index_amp > 0 ? c->index_amp : 1.0;
+	gpu_random(env, &x->qi, fi, (size_t)tq * l->heads_kv * l->index_dim, rng, ia);
 	gpu_random(env, &x->k, f, (size_t)tkv * l->heads_kv * l->head_dim, rng, 1.0);
 	gpu_random(env, &x->v, f, (size_t)tkv * l->heads_kv * l->head_dim, rng, 1.0);
-	gpu_random(env, &x->ki, fi, (size_t)tkv * l->index_dim, rng, 1.0);
+	gpu_random(env, &x->ki, fi, (size_t)tkv * l->index_dim, rng, ia);
 	x->qd = scaled(&x->q, sc->q);
 	x->qid = scaled(&x->qi, sc->qi);
 	x->kd = scaled(&x->k, sc->k);
@@ -172,6 +173,15 @@ static void attn_row(run *u, const char *stage, const gpu_tensor *o, const gpu_t
 	free(gl);
 }
 
+/* Index scores' error bound, relative to the largest score.  16-bit index
+ * tensors accumulate in fp32 (~1e-7); fp8 ones on sm_90a in f16 (four
+ * roundings of 2^-11 of the partial sums, which measure 6e-4 to 7.5e-4 on
+ * uniform inputs), elsewhere in fp32 from fp8 products (2e-4 to 4e-4). */
+static double index_tol(const msa_layer *l)
+{
+	return l->dtype_index == MSA_DT_FP8_E4M3 ? 2e-3 : 1e-3;
+}
+
 static void stage_scores(run *u, double *rs, gpu_tensor *scores)
 {
 	size_t ns = scores->n;
@@ -195,7 +205,7 @@ static void stage_scores(run *u, double *rs, gpu_tensor *scores)
 		good = 0;
 	}
 	serr /= fmax(smax, 1);
-	emit(u, "index_scores", good && serr <= 1e-3, serr, 1e-3);
+	emit(u, "index_scores", good && serr <= index_tol(u->l), serr, index_tol(u->l));
 	free(gs);
 }
 
@@ -222,13 +232,12 @@ static void stage_topk(run *u, double *rs, gpu_tensor *scores, gpu_tensor *ids, 
 
 /* Fused index + top-k against float64 scores: ties within rounding may
  * pick either block.  Rounding is that of the scores: ~1e-7 of the largest
- * for 16-bit index tensors, but fp8 products on Hopper's tensor cores
- * accumulate with fewer bits (stage_scores measures 2e-4 to 4e-4 of the
- * largest score), so fp8 picks get index_scores' own bound. */
+ * for 16-bit index tensors, but fp8 scores accumulate with fewer bits
+ * (index_tol), so fp8 picks get index_scores' own bound. */
 static void stage_index_topk(run *u, double *rs, gpu_tensor *ids, int32_t *gids)
 {
 	const msa_layer *l = u->l;
-	const double rel = l->dtype_index == MSA_DT_FP8_E4M3 ? 1e-3 : 1e-5;
+	const double rel = l->dtype_index == MSA_DT_FP8_E4M3 ? index_tol(l) : 1e-5;
 	int good;
 	ref_index_scores(&u->rb, u->x.qid, u->x.kid, l->heads_kv, l->index_dim, l->block, rs);
 	good = launched(u, msa_index_topk(u->p, (void *)u->x.qi.dev, (void *)u->x.ki.dev,

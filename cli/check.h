@@ -13,6 +13,7 @@ typedef struct chk_case {
 	int nsplit;		/* 0: the plan picks */
 	int mode;		/* msa_batch.sparse_mode of the main plan */
 	size_t kvo_workspace;	/* msa_batch.kvo_workspace (0: default) */
+	double index_amp;	/* index q and k uniform in +-index_amp (0: 1) */
 } chk_case;
 
 typedef struct chk_row {

@@ -209,6 +209,77 @@ __device__ __forceinline__ void wgmma_n128_e4m3(float *d, u64 a, u64 b, int acc)
 		     : "l"(a), "l"(b), "r"(acc));
 }
 
+// wgmma m64n128k32 on fp8 e4m3 with f16 accumulators: d[32] holds pairs
+// (the f32 layout's d[2i], d[2i + 1] packed in d[i]: d[2c] row lane/4, keys
+// 8c + 2(lane%4) and +1 in the low and high halves, d[2c + 1] row + 8).
+__device__ __forceinline__ void wgmma_n128_e4m3_f16(u32 *d, u64 a, u64 b, int acc)
+{
+	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+		     "wgmma.mma_async.sync.aligned.m64n128k32.f16.e4m3.e4m3 "
+		     "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+		     "%32, %33, p, 1, 1;\n}\n"
+		     : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]), "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]), "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]), "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31])
+		     : "l"(a), "l"(b), "r"(acc));
+}
+
+template <int N> __device__ __forceinline__ void reg_fence_u(u32 *d)
+{
+#pragma unroll
+	for (int i = 0; i < N; i++)
+		asm volatile("" : "+r"(d[i]) :: "memory");
+}
+
+// Two f16 pairs' elementwise max; a NaN wins, so it reaches the result.
+__device__ __forceinline__ u32 hmax2_nan(u32 a, u32 b)
+{
+	u32 d;
+	asm("max.NaN.f16x2 %0, %1, %2;\n" : "=r"(d) : "r"(a), "r"(b));
+	return d;
+}
+
+// D (16 x 8, fp32) += A (16 x 32 e4m3, row) x B (32 x 8 e4m3, col): the
+// mma.sync layouts (a[0] row lane/4, k 4(lane%4)..+3; a[1] row + 8; a[2],
+// a[3] at k + 16; b[0] key lane/4, k 4(lane%4)..+3, b[1] at k + 16; d[0..1]
+// row lane/4, keys 2(lane%4) and +1, d[2..3] row + 8).
+__device__ __forceinline__ void mma_e4m3_f32(float *d, const u32 *a, const u32 *b)
+{
+	asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
+		     "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// 4 bytes at byte kb of row r of a 128-byte-swizzled tile (rows of 128
+// bytes; r counted from a 1024-byte-aligned row).
+__device__ __forceinline__ u32 ld_sw128_u32(u32 tile, int r, int kb)
+{
+	u32 v;
+	asm volatile("ld.shared.u32 %0, [%1];\n"
+		     : "=r"(v)
+		     : "r"(tile + r * 128 + ((((kb >> 4) ^ r) & 7) << 4) + (kb & 15)));
+	return v;
+}
+
+// The low (hi = 0) or high half of an f16 pair as a float.
+__device__ __forceinline__ float h2f(u32 a, int hi)
+{
+	float f;
+	const unsigned short h = (unsigned short)(hi ? a >> 16 : a & 0xffff);
+	asm("cvt.f32.f16 %0, %1;\n" : "=f"(f) : "h"(h));
+	return f;
+}
+
+// |a| + |b| + |c| + |d| of four e4m3 values packed in x (NaN stays NaN).
+__device__ __forceinline__ float e4m3x4_abs_sum(u32 x)
+{
+	u32 lo, hi;
+	asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(lo) : "h"((unsigned short)(x & 0xffff)));
+	asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(hi) : "h"((unsigned short)(x >> 16)));
+	lo &= 0x7fff7fffu;
+	hi &= 0x7fff7fffu;
+	return h2f(lo, 0) + h2f(lo, 1) + h2f(hi, 0) + h2f(hi, 1);
+}
+
 // One 2-d TMA box (x = column, y = row) into shared memory; completes on bar.
 __device__ __forceinline__ void tma_load_2d(u32 dst, const tmap_t *map, u32 bar, int c0, int c1)
 {

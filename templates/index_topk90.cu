@@ -19,7 +19,14 @@
 // memory and no lane-divergent branch.  CTAs take their query tiles last
 // first: the longest (causal) tiles start in the first wave, so the short
 // ones fill the tail.  fp8 e4m3 index tensors run natively
-// (wgmma k32 on e4m3), so unlike index_topk.cu nothing is widened.
+// (wgmma k32 on e4m3), so unlike index_topk.cu nothing is widened, and
+// their sums accumulate in f16: an S takes 32 registers, so every consumer
+// count runs the two-buffer pipeline, and a block max is 16 paired
+// max.f16x2 per row instead of 31 fp32 ones (the fp8 kernel was bound by
+// that epilogue, not by the tensor cores).  A warp whose Q rows could push
+// a sum past 65504 (|q|_1 x 448 >= 60000) checks each block's maxima and
+// recomputes a block with a non-finite one in fp32 (mma.sync), so a score
+// is off by f16 rounding at most, never by an overflow.
 //
 // Split top-k (decode: few rows, long contexts): with ksplit > 1 the fused
 // kernel's CTAs of one query tile take ksplit even shares of its blocks;
@@ -92,6 +99,28 @@ __device__ __forceinline__ void idx_qk(float (&s)[16][4], u32 a, u32 b)
 	}
 }
 
+#ifndef MSA_IDX_ACC16	// 0: fp8 sums in fp32 as well (one S with 3 consumers)
+#define MSA_IDX_ACC16 1
+#endif
+#define ACC16 (FP8 && MSA_IDX_ACC16)
+#if ACC16
+typedef u32 sbuf_t[32];	// f16 pairs
+#else
+typedef float sbuf_t[16][4];
+#endif
+
+// S with f16 accumulators (fp8 only): half the registers of fp32, so every
+// consumer count holds two S buffers, and half the max instructions.
+__device__ __forceinline__ void idx_qk(u32 (&s)[32], u32 a, u32 b)
+{
+#pragma unroll
+	for (int kk = 0; kk < RB / 32; kk++) {
+		const u32 off = (kk * 32) % 128, atom = (kk * 32) / 128;
+		wgmma_n128_e4m3_f16(s, wg_desc(a + atom * (BM * 128) + off, 16, 1024),
+				    wg_desc(b + atom * (128 * 128) + off, 16, 1024), kk > 0);
+	}
+}
+
 // This thread's max over its scores of row half hf (rows lane / 4 + 8 hf)
 // in an S of NC 8-key chunks starting at key n0, keys past p masked: a tree
 // when the whole chunk is visible.
@@ -120,6 +149,76 @@ __device__ __forceinline__ float row_max(const float (&S)[NC][4], int hf, int n0
 				m = fmaxf(m, S[c][2 * hf + e]);
 	return m;
 }
+
+// The same from f16 accumulators; nf is infinite or NaN when a visible
+// score is not finite (a sum past 65504, an overflow in between, or a NaN
+// input), and the caller then recomputes the block in fp32 (idx_rows_f32).
+template <int NC>
+__device__ __forceinline__ float row_max(const u32 (&S)[32], int hf, int n0, int p, int lane, float &nf)
+{
+	if (n0 + 127 <= p) {
+		u32 t[8];
+#pragma unroll
+		for (int c = 0; c < 8; c++)
+			t[c] = hmax2_nan(S[2 * c + hf], S[2 * (c + 8) + hf]);
+#pragma unroll
+		for (int w = 4; w >= 1; w /= 2)
+#pragma unroll
+			for (int c = 0; c < w; c++)
+				t[c] = hmax2_nan(t[c], t[c + w]);
+		const float a = h2f(t[0], 0), b = h2f(t[0], 1);
+		nf = fabsf(a) + fabsf(b);	// the tree carried any NaN here
+		return fmaxf(a, b);
+	}
+	float m = -MSA_INF;
+	nf = 0.f;
+#pragma unroll
+	for (int c = 0; c < 16; c++)
+#pragma unroll
+		for (int e = 0; e < 2; e++)
+			if (n0 + c * 8 + 2 * (lane % 4) + e <= p) {
+				const float x = h2f(S[2 * c + hf], e);
+				nf += fabsf(x);
+				m = fmaxf(m, x);
+			}
+	return m;
+}
+
+// This warp's 16 rows' maxima over a key tile recomputed with fp32
+// accumulators (mma.sync on e4m3), for the rare block whose f16 sums are
+// not finite: rows lane / 4 and + 8 of q (the warp's first Q row), keys
+// from n0, masked past p[hf], in row_max's distribution over the quad.
+__device__ __forceinline__ void idx_rows_f32(float (&mr)[2], u32 q, u32 ktile, int n0, const int (&p)[2], int lane)
+{
+	const int g = lane / 4, t = lane % 4;
+	u32 a[4][4];
+#pragma unroll
+	for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+		for (int x = 0; x < 4; x++)
+			a[kk][x] = ld_sw128_u32(q, g + (x & 1) * 8, kk * 32 + (x >> 1) * 16 + 4 * t);
+	mr[0] = mr[1] = -MSA_INF;
+	for (int nt = 0; nt < 16; nt++) {
+		float d[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+		for (int kk = 0; kk < 4; kk++) {
+			const u32 b[2] = {ld_sw128_u32(ktile, nt * 8 + g, kk * 32 + 4 * t),
+					  ld_sw128_u32(ktile, nt * 8 + g, kk * 32 + 16 + 4 * t)};
+			mma_e4m3_f32(d, a[kk], b);
+		}
+#pragma unroll
+		for (int e = 0; e < 2; e++) {
+			const int key = n0 + nt * 8 + 2 * t + e;
+			if (key <= p[0])
+				mr[0] = fmaxf(mr[0], d[e]);
+			if (key <= p[1])
+				mr[1] = fmaxf(mr[1], d[2 + e]);
+		}
+	}
+}
+
+__device__ __forceinline__ void reg_fence_s(float (&S)[16][4]) { reg_fence<64>(&S[0][0]); }
+__device__ __forceinline__ void reg_fence_s(u32 (&S)[32]) { reg_fence_u<32>(S); }
 
 #if !MSA_WRITE_SCORES
 // A list entry as one unsigned number in the selection order (larger
@@ -392,9 +491,29 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	const u32 qtile = sq + cw * 64 * 128;
 	if (it0 < it1)
 		mbar_wait(bq, 0);
+#if ACC16
+	// f16 sums cannot leave f16's range when every row of the warp has
+	// |q|_1 x 448 (the largest e4m3) below 65504: then no block needs the
+	// check.  Lane t of a quad sums bytes 32t..32t+31 of its two rows.
+	bool fp16_safe;
+	{
+		float l1[2] = {0.f, 0.f};
+#pragma unroll
+		for (int hf = 0; hf < 2; hf++) {
+#pragma unroll
+			for (int w = 0; w < 8; w++) {
+				const u32 x = ld_sw128_u32(qtile + warp * 16 * 128, lane / 4 + 8 * hf, 32 * own + 4 * w);
+				l1[hf] += e4m3x4_abs_sum(x);
+			}
+			l1[hf] += __shfl_xor_sync(0xffffffffu, l1[hf], 1);
+			l1[hf] += __shfl_xor_sync(0xffffffffu, l1[hf], 2);
+		}
+		fp16_safe = __all_sync(0xffffffffu, l1[0] * 448.f < 60000.f && l1[1] * 448.f < 60000.f);
+	}
+#endif
 
 	// Start S = Q K^T of block it (after its keys land) without waiting.
-	auto issue = [&](int it, float (&S)[16][4]) {
+	auto issue = [&](int it, auto &S) {
 		const int j = it - it0;
 		mbar_wait(bfull + 8 * (j % NST), (j / NST) & 1);
 		wgmma_fence();
@@ -428,12 +547,14 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 			want[hf] = b >= MSA_SINK && b < nrow[hf] - MSA_LOCAL && v[hf] > thr[hf];
 			v[hf] = want[hf] ? v[hf] : TOPK_KEY_NONE;	// TOPK_KEY_NONE: every entry stays
 		}
-		// The whole warp inserts when any of its rows must (the shuffles
-		// need every lane); a row that must not keeps its list.
-		if (!__any_sync(0xffffffffu, want[0] || want[1]))
-			return;
+		// The whole warp inserts into its rows rr0 (hf 0) or rr0 + 8 (hf 1)
+		// when any of those rows must (the shuffles need every lane); a row
+		// that must not keeps its list.  Voting per half skips the half
+		// with no newcomer, most blocks once the lists have filled.
 #pragma unroll
 		for (int hf = 0; hf < 2; hf++) {
+			if (!__any_sync(0xffffffffu, want[hf]))
+				continue;
 			bool stay[TR];	// entry r stays ahead of (v, b): monotone, true first
 #pragma unroll
 			for (int r = 0; r < TR; r++)
@@ -463,13 +584,22 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 	// chains convergent.  Two S buffers: block it+1's products run while
 	// block it's score and top-k are worked out (and the other warpgroup
 	// interleaves on top).
-	auto done = [&](int it, float (&S)[16][4]) {
-		reg_fence<64>(&S[0][0]);
+	auto done = [&](int it, auto &S) {
+		reg_fence_s(S);
+#if ACC16
+		float nf[2];
+		float mr[2] = {row_max<16>(S, 0, it * BK, prow[0], lane, nf[0]),
+			       row_max<16>(S, 1, it * BK, prow[1], lane, nf[1])};
+		if (!fp16_safe && __any_sync(0xffffffffu, !(nf[0] < MSA_INF && nf[1] < MSA_INF)))
+			idx_rows_f32(mr, qtile + warp * 16 * 128, sk + ((it - it0) % NST) * TBYTES, it * BK, prow, lane);
+		release(it);
+#else
 		release(it);
 		const float mr[2] = {row_max<16>(S, 0, it * BK, prow[0], lane), row_max<16>(S, 1, it * BK, prow[1], lane)};
+#endif
 		finish(it, mr);
 	};
-	if (NCW == 3 && it0 < it1) {
+	if (NCW == 3 && !ACC16 && it0 < it1) {
 		// Three warpgroups leave registers for one S: once it is done and
 		// reduced to the row maxima, the next block's products are issued,
 		// then run through the shuffles and the top-k.  Straight-line: the
@@ -490,7 +620,7 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 			step(it, flag_t<true>());
 		step(it1 - 1, flag_t<false>());
 	} else if (it0 < it1) {
-		float Sa[16][4], Sb[16][4];
+		sbuf_t Sa, Sb;
 		int it = it0;
 		issue(it, Sa);
 		for (; it + 2 < it1; it += 2) {	// Sa holds block it (in flight)

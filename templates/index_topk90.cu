@@ -21,12 +21,13 @@
 // ones fill the tail.  fp8 e4m3 index tensors run natively
 // (wgmma k32 on e4m3), so unlike index_topk.cu nothing is widened, and
 // their sums accumulate in f16: an S takes 32 registers, so every consumer
-// count runs the two-buffer pipeline, and a block max is 16 paired
-// max.f16x2 per row instead of 31 fp32 ones (the fp8 kernel was bound by
-// that epilogue, not by the tensor cores).  A warp whose Q rows could push
-// a sum past 65504 (|q|_1 x 448 >= 60000) checks each block's maxima and
-// recomputes a block with a non-finite one in fp32 (mma.sync), so a score
-// is off by f16 rounding at most, never by an overflow.
+// count runs the two-buffer pipeline, and a block max is 15 paired
+// max.f16x2 and one fp32 max per row instead of 31 fp32 ones (the fp8
+// kernel was bound by that epilogue, not by the tensor cores).  A warp
+// whose Q rows could push a sum past 65504 (|q|_1 x 448 >= 60000) checks
+// each block's maxima and recomputes a block with a non-finite one in fp32
+// (mma.sync), so a score is off by f16 rounding at most, never by an
+// overflow.
 //
 // Split top-k (decode: few rows, long contexts): with ksplit > 1 the fused
 // kernel's CTAs of one query tile take ksplit even shares of its blocks;

@@ -84,6 +84,15 @@ static void check_help(void)
 	is_int(run(out, sizeof out, "%s frobnicate 2>&1", bin), 2, "unknown command exits 2");
 	is_int(run(out, sizeof out, "%s build specs/tiny.lua --arch sm_99 2>&1", bin), 2,
 	       "unknown arch exits 2");
+	/* checked before any GPU is looked for, so these run here */
+	is_int(run(out, sizeof out, "%s check specs/tiny.lua --index-amp 500 2>&1", bin), 2,
+	       "check --index-amp past e4m3's 448 exits 2");
+	like(out, "--index-amp 500: want a number in (0, 448]", "message names the option and its range");
+	is_int(run(out, sizeof out, "%s check specs/tiny.lua --index-amp 2x 2>&1", bin), 2,
+	       "check --index-amp with trailing junk exits 2");
+	is_int(run(out, sizeof out, "%s build specs/tiny.lua --index-amp 3 2>&1", bin), 2,
+	       "--index-amp is check's alone");
+	like(out, "unknown option '--index-amp'", "build names the option it does not know");
 }
 
 static void check_build(void)
@@ -157,7 +166,7 @@ int main(void)
 {
 	const char *b = getenv("MSAGEN_BIN");
 	char tmpl[] = "/tmp/msagen-cli-XXXXXX", out[64];
-	plan(6 + 5 * 3 + 7 + 10 + 5 + 4);
+	plan(6 + 5 * 3 + 5 + 7 + 10 + 5 + 4);
 	NV = count_variants();
 	msa_fmt(bin, sizeof bin, "%s", b && *b ? b : "build/msagen");
 	if (access(bin, X_OK) != 0)

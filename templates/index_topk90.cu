@@ -495,9 +495,10 @@ msa_index_topk90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 #if ACC16
 	// f16 sums cannot leave f16's range when every row of the warp has
 	// |q|_1 x 448 (the largest e4m3) below 65504: then no block needs the
-	// check.  Lane t of a quad sums bytes 32t..32t+31 of its two rows.
-	bool fp16_safe;
-	{
+	// check.  Lane t of a quad sums bytes 32t..32t+31 of its two rows (of a
+	// Q tile that landed: a CTA with no blocks loads none).
+	bool fp16_safe = true;
+	if (it0 < it1) {
 		float l1[2] = {0.f, 0.f};
 #pragma unroll
 		for (int hf = 0; hf < 2; hf++) {

@@ -85,21 +85,6 @@ static_assert(1024 + QBYTES + NST * TBYTES + 4 * MSA_KP_ALLOC * BM + 8 * (1 + 2 
 	      "index_topk90: generator's shared-memory size is too small");
 #endif
 
-// S (64 rows x 128 keys) = this warpgroup's Q rows x K tile^T.
-__device__ __forceinline__ void idx_qk(float (&s)[16][4], u32 a, u32 b)
-{
-#pragma unroll
-	for (int kk = 0; kk < RB / 32; kk++) {
-		const u32 off = (kk * 32) % 128, atom = (kk * 32) / 128;
-		const u64 da = wg_desc(a + atom * (BM * 128) + off, 16, 1024);
-		const u64 db = wg_desc(b + atom * (128 * 128) + off, 16, 1024);
-		if (FP8)
-			wgmma_n128_e4m3(&s[0][0], da, db, kk > 0);
-		else
-			wgmma_n128_ss<0>(&s[0][0], da, db, kk > 0);
-	}
-}
-
 #ifndef MSA_IDX_ACC16	// 0: fp8 sums in fp32 as well (one S with 3 consumers)
 #define MSA_IDX_ACC16 1
 #endif
@@ -110,15 +95,30 @@ typedef u32 sbuf_t[32];	// f16 pairs
 typedef float sbuf_t[16][4];
 #endif
 
-// S with f16 accumulators (fp8 only): half the registers of fp32, so every
-// consumer count holds two S buffers, and half the max instructions.
-__device__ __forceinline__ void idx_qk(u32 (&s)[32], u32 a, u32 b)
+// One k step of S: fp32 sums, or (fp8 only) f16 sums, half the registers
+// of fp32, so every consumer count holds two S buffers, and half the max
+// instructions.
+__device__ __forceinline__ void idx_mma(float (&s)[16][4], u64 da, u64 db, int acc)
+{
+	if (FP8)
+		wgmma_n128_e4m3(&s[0][0], da, db, acc);
+	else
+		wgmma_n128_ss<0>(&s[0][0], da, db, acc);
+}
+__device__ __forceinline__ void idx_mma(u32 (&s)[32], u64 da, u64 db, int acc)
+{
+	wgmma_n128_e4m3_f16(s, da, db, acc);
+}
+
+// S (64 rows x 128 keys) = this warpgroup's Q rows x K tile^T.
+template <typename SB>
+__device__ __forceinline__ void idx_qk(SB &s, u32 a, u32 b)
 {
 #pragma unroll
 	for (int kk = 0; kk < RB / 32; kk++) {
 		const u32 off = (kk * 32) % 128, atom = (kk * 32) / 128;
-		wgmma_n128_e4m3_f16(s, wg_desc(a + atom * (BM * 128) + off, 16, 1024),
-				    wg_desc(b + atom * (128 * 128) + off, 16, 1024), kk > 0);
+		idx_mma(s, wg_desc(a + atom * (BM * 128) + off, 16, 1024),
+			wg_desc(b + atom * (128 * 128) + off, 16, 1024), kk > 0);
 	}
 }
 

@@ -447,8 +447,12 @@ struct msa_plan {
 	int mode;		/* MSA_SPARSE_QO or _KVO */
 	int ksplit;		/* index_scores CTAs per (query tile, head, request) */
 	int unfused;		/* msa_attention: scores + top-k (decode), not fused */
-	int split_topk;		/* index_topk90 split ksplit ways, lists merged in-kernel */
+	int split_topk;		/* index_topk90 split ksplit ways, lists merged in-kernel (or by
+				 * sparse_fwd, attn_merge) */
 	CUdeviceptr split_ws;	/* its lists [Hi, total_q, ksplit, KP] x (key, id), then tickets */
+	int attn_merge;		/* msa_attention: the index kernel leaves the split lists and each
+				 * sparse_fwd CTA merges its row (MSAGEN_SPLIT_MERGE=index: the
+				 * index kernel merges) */
 	int topk_ctas;		/* msa_topk: CTAs per row (a cluster when > 1), 0: a warp per row */
 	int dense_qo;		/* msa_dense: sparse_fwd over every key (decode), not the tile kernels */
 	CUdeviceptr scores_ws;	/* [Hi, total_q, nb_max] when unfused */

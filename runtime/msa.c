@@ -327,6 +327,12 @@ int msa_plan_new(msa_module *mod, const msa_batch *b, msa_plan **out)
 	 * the group's heads share each K/V load, split over the SMs like sparse
 	 * decode; MSAGEN_DENSE_DECODE=tiles keeps the tile kernels (comparisons). */
 	p->dense_qo = p->max_q <= 16 && p->k_sparse && !msa_env_is("MSAGEN_DENSE_DECODE", "tiles");
+	/* Decode through the split index: the index kernel only writes its
+	 * CTAs' lists and sparse_fwd merges each row, so the index kernel ends
+	 * without the ticket and the last CTA's merge (H100, fp8 b8 128K: index
+	 * 57.7 -> 51.4 us, sparse_fwd 17.7 -> 20.7; bench/RESULTS.md). */
+	p->attn_merge = p->split_topk && p->mode == MSA_SPARSE_QO && p->k_sparse &&
+			!msa_env_is("MSAGEN_SPLIT_MERGE", "index");
 	*out = p;
 	return MSA_OK;
 }
@@ -496,22 +502,22 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
  * combine): the selected blocks of ids, or with dense = 1 (causal) or 2
  * every key. */
 static int run_query_outer(msa_plan *p, const void *q, const void *k, const void *v, const int32_t *ids,
-			   void *out, float *lse, int dense, void *stream)
+			   void *out, float *lse, int dense, CUdeviceptr lists, void *stream)
 {
 	const msa_layer *l = &p->mod->layer;
 	CUdeviceptr pt = p->pages;
 	int stride = p->pages_per_req, rows = p->total_q * l->heads_q, rc;
 	void *args[] = {&q, &k, &v, &ids, &p->cu_q, &p->cu_kv, &p->batch, &pt, &stride, &p->scale_log2,
-			&p->out_scale, &p->total_q, &out, &lse, &p->part_o, &p->part_lse, &dense};
+			&p->out_scale, &p->total_q, &out, &lse, &p->part_o, &p->part_lse, &dense, &lists, &p->ksplit};
 	if (p->total_q == 0)
 		return MSA_OK;
 	rc = msa_launch(p->mod->ctx, p->k_sparse, (unsigned)p->total_q, (unsigned)l->heads_kv,
 			(unsigned)p->nsplit, args, stream);
 	if (rc || p->nsplit == 1)
 		return rc;
-	int mode = 0;
+	int mode = 3;	/* a CTA per row: every partial's loads in one round */
 	void *cargs[] = {&p->part_o, &p->part_lse, &p->nsplit, &rows, &mode, &out, &lse};
-	return msa_launch(p->mod->ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cargs, stream);
+	return msa_launch(p->mod->ctx, p->k_combine, (unsigned)rows, 1, 1, cargs, stream);
 }
 
 int msa_sparse_attn(msa_plan *p, const void *q, const void *k, const void *v, const int32_t *ids,
@@ -530,7 +536,7 @@ int msa_sparse_attn(msa_plan *p, const void *q, const void *k, const void *v, co
 	if (!p->k_sparse)
 		return msa_ctx_fail(p->mod->ctx, MSA_EUNSUPPORTED, "layer %s: no sparse kernel",
 				    p->mod->layer.name);
-	return run_query_outer(p, q, k, v, ids, out, lse, 0, stream);
+	return run_query_outer(p, q, k, v, ids, out, lse, 0, 0, stream);
 }
 
 int msa_attention(msa_plan *p, const void *qi, const void *ki, const void *q, const void *k,
@@ -544,6 +550,9 @@ int msa_attention(msa_plan *p, const void *qi, const void *ki, const void *q, co
 		rc = run_index(p, p->k_scores, qi, ki, NULL, scores, stream);
 		if (rc == MSA_OK)
 			rc = msa_topk(p, scores, ids, stream);
+	} else if (p->attn_merge) {	/* decode: the splits' lists, merged by sparse_fwd */
+		rc = run_index(p, p->k_itopk, qi, ki, NULL, NULL, stream);
+		return rc ? rc : run_query_outer(p, q, k, v, ids, out, lse, 0, p->split_ws, stream);
 	} else {
 		rc = run_index(p, p->k_itopk, qi, ki, ids, NULL, stream);
 	}
@@ -555,7 +564,7 @@ int msa_dense(msa_plan *p, const void *q, const void *k, const void *v, void *ou
 {
 	NEED(p, "msa_dense", "q k v out lse", q, k, v, out, lse);
 	if (p->dense_qo)
-		return run_query_outer(p, q, k, v, NULL, out, lse, p->mod->layer.causal ? 1 : 2, stream);
+		return run_query_outer(p, q, k, v, NULL, out, lse, p->mod->layer.causal ? 1 : 2, 0, stream);
 	if (!p->k_dense)
 		return msa_ctx_fail(p->mod->ctx, MSA_EUNSUPPORTED, "layer %s: no dense kernel",
 				    p->mod->layer.name);

@@ -35,6 +35,9 @@
 // split_ws, and the last CTA of the tile to arrive (a ticket per tile,
 // reset by that CTA) merges them into the rows' ids, a warp per row
 // (split_merge_row).  No score reaches memory and no second kernel runs.
+// With ids null the CTAs write their lists and end: in decode, each
+// sparse_fwd CTA merges its own row's lists instead, so the index kernel
+// ends without the ticket and the last CTA's merge on its critical path.
 //
 // Launch: grid (ceil(max_q_len / (BM / Hi)) * ksplit, 1, batch), 128 x
 // (1 + NCW) threads; tensor maps over qi [total_q, Hi, Di] (3-d, boxes of
@@ -222,92 +225,10 @@ __device__ __forceinline__ void reg_fence_s(float (&S)[16][4]) { reg_fence<64>(&
 __device__ __forceinline__ void reg_fence_s(u32 (&S)[32]) { reg_fence_u<32>(S); }
 
 #if !MSA_WRITE_SCORES
-// A list entry as one unsigned number in the selection order (larger
-// first: key descending, then block id ascending); 0 is an empty slot.
-__device__ __forceinline__ u64 split_pack(int key, int id)
-{
-	return key == TOPK_KEY_NONE ? 0ull : ((u64)((u32)key ^ 0x80000000u) << 32) | (u32)~id;
-}
-
-#define SPLIT_HL 4	// lists per lane: ksplit <= 128
-#define SPLIT_LS ((MSA_KP_ALLOC + 1) & ~1)	// a list's stride, entries
-#define SPLIT_CAP (4 * MSA_KP_ALLOC * MSA_KP_ALLOC)	// gathered entries of a row, at most
 // The merge's four warps use the key ring (the host splits only KP <= 16).
 static_assert(MSA_KP > 16 || 4 * (SPLIT_CAP + 128 + MSA_KP_ALLOC) * 8 <= NST * TBYTES,
 	      "index_topk90: split merge space");
 
-// One warp merges the ksplit (<= 128) sorted lists c[ksplit][SPLIT_LS]
-// (int2 key, id; the first KP used, KP <= 16) of a row with n visible
-// blocks into its ids dst.  Lane l holds the heads of lists l, l + 32, ...;
-// t, the KP-th best of the lanes' best heads, bounds the merged KP-th entry
-// from below (KP distinct entries reach it), so only entries >= t compete,
-// from the lists (<= 4 KP, of the KP lanes whose best reaches t) whose head
-// is >= t.  Their entries come in with a lane per entry, every load of a
-// round in flight at once (the lists come from L2), the ones >= t go to
-// buf (<= SPLIT_CAP) and are ranked.  ql: 128 list ids.
-__device__ __forceinline__ void split_merge_row(const int2 *c, int ksplit, int n, int *dst, u64 *buf, int *ql,
-						int *rank, int lane)
-{
-	if (n > MSA_TOPK && MSA_KP > 0) {
-		u64 h[SPLIT_HL], lb = 0;
-#pragma unroll
-		for (int j = 0; j < SPLIT_HL; j++) {
-			const int l = lane + 32 * j;
-			const int2 e = l < ksplit ? __ldcg(c + (size_t)l * SPLIT_LS) : make_int2(TOPK_KEY_NONE, -1);
-			h[j] = split_pack(e.x, e.y);
-			lb = h[j] > lb ? h[j] : lb;
-		}
-		int cnt = 0;	// lb's rank among the lanes' bests (distinct unless 0)
-#pragma unroll 8
-		for (int src = 0; src < 32; src++)
-			cnt += __shfl_sync(0xffffffffu, lb, src) > lb;
-		u64 t = 1;	// fewer than KP lanes hold entries: every entry competes
-		const unsigned tb = __ballot_sync(0xffffffffu, lb != 0 && cnt == MSA_KP - 1);
-		if (tb)
-			t = __shfl_sync(0xffffffffu, lb, __ffs(tb) - 1);
-		// the lists whose head reaches t, compacted into ql
-		int nq = 0;
-#pragma unroll
-		for (int j = 0; j < SPLIT_HL; j++) {
-			const unsigned b = __ballot_sync(0xffffffffu, h[j] >= t);
-			if (h[j] >= t)
-				ql[nq + __popc(b & ((1u << lane) - 1))] = lane + 32 * j;
-			nq += __popc(b);
-		}
-		__syncwarp();
-		// their entries: lane % 16 is the entry, lane / 16 picks of two lists
-		int m = 0;
-		const int x = lane % 16;
-		for (int p0 = 0; p0 < nq; p0 += 16) {
-			int2 v[8];
-#pragma unroll
-			for (int u = 0; u < 8; u++) {
-				const int p = p0 + 2 * u + lane / 16;
-				v[u] = p < nq && x < MSA_KP ? __ldcg(c + (size_t)ql[p] * SPLIT_LS + x)
-							    : make_int2(TOPK_KEY_NONE, -1);
-			}
-#pragma unroll
-			for (int u = 0; u < 8; u++) {
-				const u64 e = split_pack(v[u].x, v[u].y);
-				const unsigned b = __ballot_sync(0xffffffffu, e >= t);
-				if (e >= t)
-					buf[m + __popc(b & ((1u << lane) - 1))] = e;
-				m += __popc(b);
-			}
-		}
-		__syncwarp();
-		for (int i = lane; i < m; i += 32) {
-			const u64 v = buf[i];
-			int r = 0;
-			for (int y = 0; y < m; y++)
-				r += buf[y] > v;
-			if (r < MSA_KP)
-				rank[r] = (int)~(u32)v;
-		}
-		__syncwarp();
-	}
-	write_row_ids(dst, n, [&](int j) { return rank[j]; }, lane, 32);
-}
 
 // Split top-k: this CTA's lists to split_ws, then the tile's last CTA
 // merges every split's lists (see the top of the file).  ring: the key
@@ -332,6 +253,8 @@ __device__ __forceinline__ void split_finish(const int (&lk)[2][TRN], const int 
 			if (own * TRN + r < MSA_KP)
 				dst[own * TRN + r] = make_int2(lk[hf][r], li[hf][r]);
 	}
+	if (!ids)	// lists only: each sparse_fwd CTA merges its row (decode)
+		return;
 	// The barrier orders the CTA's list stores before one thread's ticket,
 	// an acquire-release add at GPU scope (cumulative: it releases them
 	// and, in the last CTA, acquires every other CTA's); the second
@@ -352,7 +275,8 @@ __device__ __forceinline__ void split_finish(const int (&lk)[2][TRN], const int 
 	int *ql = reinterpret_cast<int *>(buf + SPLIT_CAP), *rank = ql + 128;
 	for (int row = warp; row < BM && m0 + row / HI < q_len; row += 4) {
 		const int i = m0 + row / HI, g = (row % HI) * total_q + q0 + i;
-		split_merge_row(cand + (size_t)g * ksplit * SPLIT_LS, ksplit, topk_visible_blocks(shift + i),
+		const int2 *c = cand + (size_t)g * ksplit * SPLIT_LS;
+		split_merge_row([&](size_t e) { return __ldcg(c + e); }, ksplit, topk_visible_blocks(shift + i),
 				ids + (size_t)g * MSA_TOPK, buf, ql, rank, lane);
 	}
 }

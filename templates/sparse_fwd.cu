@@ -9,7 +9,13 @@
 // With dense = 1 (causal) or 2 (not) it attends to every key instead: the
 // decode form of dense attention, split the same way.
 // KV is contiguous or paged.
+//
+// Decode after the split index (lists != null): the index kernel's ksplit
+// CTAs of a row left their top-KP lists in split_ws and ended without
+// merging them; every CTA of the row copies them into shared memory and
+// its warp 0 merges them (split_merge_row), and split 0 writes the ids.
 #include "attn.cuh"
+#include "topk.cuh"
 
 #define D MSA_D
 #define BN 64
@@ -31,6 +37,9 @@ typedef dtype_traits<MSA_DT_OUT>::T out_t;
 static_assert(MSA_DT_Q == MSA_DT_KV, "sparse_fwd: q and kv must have one type");
 static_assert(BK % BN == 0, "sparse_fwd: block size is a multiple of 64");
 static_assert(NWARPS * 32 * (D / 2 + 4) * 4 <= 4 * BN * D * 2, "sparse_fwd: merge space fits the tiles");
+static_assert(MSA_KP > 16 || ((SPLIT_CAP + 128 + MSA_KP_ALLOC) * 8 <= 2 * BN * D * 2 &&
+			       128 * SPLIT_LS * 8 <= 2 * BN * D * 2),
+	      "sparse_fwd: 128 split lists fit the V tiles and their merge the K tiles");
 
 struct smem_t {
 	u16 q[ROWS * D];
@@ -93,11 +102,12 @@ __device__ __forceinline__ void merge_columns(smem_t &sm, row_state &st, float (
 
 extern "C" __global__ void __launch_bounds__(NTHREADS)
 msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
-	       const elem_t *__restrict__ v, const int *__restrict__ ids,
+	       const elem_t *__restrict__ v, int *__restrict__ ids,
 	       const int *__restrict__ cu_q, const int *__restrict__ cu_kv, int batch,
 	       const int *__restrict__ page_table, int pt_stride, float scale_log2,
 	       float out_scale, int total_q, out_t *__restrict__ out, float *__restrict__ lse,
-	       float *__restrict__ part_o, float *__restrict__ part_lse, int dense)
+	       float *__restrict__ part_o, float *__restrict__ part_lse, int dense,
+	       const int2 *__restrict__ lists, int ksplit)
 {
 	extern __shared__ __align__(128) unsigned char smem_raw[];
 	smem_t &sm = *reinterpret_cast<smem_t *>(smem_raw);
@@ -121,10 +131,32 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	// slots, so a decode query can spread over up to k x Bk / 64 CTAs.
 	// Dense attention (dense = 1 or 2, decode) takes every tile up to p
 	// instead, in order, with no list.
-	const int *sel = ids + ((size_t)g * total_q + t) * K;
-	for (int s = threadIdx.x; s < K && !dense; s += NTHREADS)
-		sm.blk[s] = sel[s];
+	if (lists) {
+		// The K/V tiles are not loading yet: the row's lists come into the
+		// V tiles in one round of 16-byte copies by every thread (through
+		// L2, where the index kernel left them), and the K tiles hold the
+		// merge's scratch.
+		int2 *cs = reinterpret_cast<int2 *>(sm.v);
+		const int2 *src = lists + ((size_t)g * total_q + t) * ksplit * SPLIT_LS;
+		for (int i = threadIdx.x; i < ksplit * SPLIT_LS / 2; i += NTHREADS)
+			cp_async16(smem_u32(cs + 2 * i), src + 2 * i, 16);
+		cp_async_commit();
+		cp_async_wait<0>();
+		__syncthreads();
+		u64 *buf = reinterpret_cast<u64 *>(sm.k);
+		int *ql = reinterpret_cast<int *>(buf + SPLIT_CAP), *rank = ql + 128;
+		if (warp == 0)
+			split_merge_row([&](size_t e) { return cs[e]; }, ksplit, topk_visible_blocks(p), sm.blk, buf, ql,
+					rank, lane);
+	} else {
+		const int *sel = ids + ((size_t)g * total_q + t) * K;
+		for (int s = threadIdx.x; s < K && !dense; s += NTHREADS)
+			sm.blk[s] = sel[s];
+	}
 	__syncthreads();
+	if (lists && split == 0)
+		for (int s = threadIdx.x; s < K; s += NTHREADS)
+			ids[((size_t)g * total_q + t) * K + s] = sm.blk[s];
 	if (warp == 0 && !dense) {
 		int n = 0;
 		for (int c = 0; c < K; c += 32) {

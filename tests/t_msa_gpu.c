@@ -240,6 +240,41 @@ static void check_index_ties(gpu_env *env, ref_rng *rng)
 		   "index split top-%d (Hi %d, %d splits, merged in-kernel: %s, expected %s) over %d levels, "
 		   "contexts %d..%d, twice: exact %s", k, hi, p->ksplit, p->split_topk ? "yes" : "no",
 		   cfg[c].split ? "yes" : "no", levels, cfg[c].kv[nbq - 1], cfg[c].kv[0], msg);
+		/* msa_attention on the same plan: the index kernel leaves the lists
+		 * and each sparse_fwd CTA merges its row; split 0 writes the ids the
+		 * plan keeps, which must be exactly the same. */
+		int agood = p->attn_merge == (cfg[c].split && !msa_env_is("MSAGEN_SPLIT_MERGE", "index"));
+		char amsg[256] = "";
+		if (agood && p->attn_merge) {
+			gpu_tensor q, kk, vv, o, lse;
+			const size_t nq = (size_t)tq * 2 * hi * 64, nkv = (size_t)tkv * hi * 64;
+			gpu_alloc(env, &q, REF_BF16, nq);
+			gpu_alloc(env, &kk, REF_BF16, nkv);
+			gpu_alloc(env, &vv, REF_BF16, nkv);
+			gpu_alloc(env, &o, REF_F32, nq);
+			gpu_alloc(env, &lse, REF_F32, (size_t)tq * 2 * hi);
+			env->cu->MemsetD8(q.dev, 0, nq * 2);
+			env->cu->MemsetD8(kk.dev, 0, nkv * 2);
+			env->cu->MemsetD8(vv.dev, 0, nkv * 2);
+			for (int rep = 0; rep < 2 && agood; rep++) {
+				env->cu->MemsetD8(p->ids, 0xff, (size_t)hi * tq * k * 4);
+				int rc = msa_attention(p, (void *)qi.dev, (void *)ki.dev, (void *)q.dev, (void *)kk.dev,
+						       (void *)vv.dev, (void *)o.dev, (float *)lse.dev, NULL);
+				if (!rc)
+					rc = gpu_sync(env);
+				if (!rc && env->cu->MemcpyDtoH(gids, p->ids, (size_t)hi * tq * k * 4) != CUDA_SUCCESS)
+					rc = 1;
+				agood = !rc && ref_topk_check(gids, rs, &rb, hi, BK, k, cfg[c].local, cfg[c].sink, amsg,
+							      sizeof amsg);
+			}
+			gpu_free(env, &q);
+			gpu_free(env, &kk);
+			gpu_free(env, &vv);
+			gpu_free(env, &o);
+			gpu_free(env, &lse);
+		}
+		ok(agood, "msa_attention on that plan (lists merged by sparse_fwd: %s, expected %s), twice: exact %s",
+		   p->attn_merge ? "yes" : "no", cfg[c].split ? "yes" : "no", amsg);
 		gpu_free(env, &qi);
 		gpu_free(env, &ki);
 		gpu_free(env, &ids);
@@ -288,7 +323,7 @@ int main(void)
 		skip_all("no GPU: %s", env.err);
 	diag("compute capability %d, seed %llu (MSAGEN_SEED repeats it)", env.cc, (unsigned long long)env.seed);
 	rng = ref_rng_new(env.seed);
-	plan(8 + 8 + (env.cc >= 90 ? 5 : 0) + CHK_STAGES * MSA_COUNT(cases));
+	plan(8 + 8 + (env.cc >= 90 ? 10 : 0) + CHK_STAGES * MSA_COUNT(cases));
 	check_plan_errors(&env);
 	check_topk_ties(&env, &rng);
 	if (env.cc >= 90)

@@ -104,6 +104,11 @@ __device__ __forceinline__ void cp_async16(u32 dst, const void *src, int src_byt
 	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
 		     :: "r"(dst), "l"(src), "r"(src_bytes));
 }
+// 4-byte async copy global -> shared (through L1).
+__device__ __forceinline__ void cp_async4(u32 dst, const void *src)
+{
+	asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" :: "r"(dst), "l"(src));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
 template <int N> __device__ __forceinline__ void cp_async_wait()
 {
@@ -161,4 +166,16 @@ __device__ __forceinline__ int find_request(const int *cu, int batch, int t)
 			hi = mid - 1;
 	}
 	return lo;
+}
+
+// find_request for a whole warp (every lane calls it): the lanes read
+// cu[1 .. batch - 1] at once and count the starts at or before t, one
+// round trip where the search takes log2(batch) dependent ones.
+__device__ __forceinline__ int find_request_warp(const int *cu, int batch, int t)
+{
+	int n = 0;
+#pragma unroll 4
+	for (int i = 1 + (int)threadIdx.x % 32; i < batch; i += 32)
+		n += cu[i] <= t;
+	return (int)__reduce_add_sync(0xffffffffu, (unsigned)n);
 }

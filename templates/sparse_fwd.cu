@@ -30,6 +30,7 @@
 #define ES ELEM_BYTES(MSA_DT_Q)
 #define MDT MMA_DT(MSA_DT_Q)
 #define SUBS (BK / BN)
+#define PTC 1024	// page-table entries kept in shared memory (128K keys with Bk 128)
 
 typedef u8 elem_t;
 typedef dtype_traits<MSA_DT_OUT>::T out_t;
@@ -45,6 +46,7 @@ struct smem_t {
 	u16 q[ROWS * D];
 	u16 k[2][BN * D];
 	u16 v[2][BN * D];
+	int pt[PTC];			// the request's page-table row, when it fits
 	int tile_start[K * SUBS];	// first key of each tile to visit
 	int blk[K];			// the query's selected blocks
 	int ntiles;
@@ -114,16 +116,36 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	const int t = blockIdx.x, g = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
 	const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 	const int rw = warp % RW, cw = warp / RW;
-	const int r = find_request(cu_q, batch, t);
-	const int q_len = cu_q[r + 1] - cu_q[r], k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
-	// the last key this query sees (dense == 2: non-causal, every key)
-	const int p = dense == 2 ? kv_len - 1 : kv_len - q_len + (t - cu_q[r]);
-
+	// Q, and in decode after the split index the row's lists (into the V
+	// tiles, which are not loading yet: one round of 16-byte copies through
+	// L2, where the index kernel left them), depend on (t, g) alone: both
+	// are in flight with the request's lengths.
 	const size_t qstride = (size_t)MSA_HQ * D * ES;
 	const elem_t *qb = q + (size_t)t * qstride + (size_t)g * MSA_G * D * ES;
+	int2 *cs = reinterpret_cast<int2 *>(sm.v);
+	if (lists) {
+		const int2 *src = lists + ((size_t)g * total_q + t) * ksplit * SPLIT_LS;
+		for (int i = threadIdx.x; i < ksplit * SPLIT_LS / 2; i += NTHREADS)
+			cp_async16(smem_u32(cs + 2 * i), src + 2 * i, 16);
+	}
 	tile_load<ROWS, D, NTHREADS, MSA_DT_Q>(sm.q, q, [&](int row) {
 		return row < MSA_G ? qb + (size_t)row * D * ES : nullptr;
 	});
+	cp_async_commit();
+	const int r = find_request_warp(cu_q, batch, t);
+	const int q_len = cu_q[r + 1] - cu_q[r], k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
+	// the last key this query sees (dense == 2: non-causal, every key)
+	const int p = dense == 2 ? kv_len - 1 : kv_len - q_len + (t - cu_q[r]);
+	// A paged request's page-table row (up to PTC pages) comes into shared
+	// memory behind them, while the blocks are chosen, so no tile waits on
+	// a page-table read.
+	const int *pt = page_table ? page_table + (size_t)r * pt_stride : nullptr;
+	if (pt && pt_stride <= PTC) {
+		for (int i = threadIdx.x; i < min(pt_stride, (kv_len + BK - 1) / BK); i += NTHREADS)
+			cp_async4(smem_u32(sm.pt + i), pt + i);
+		pt = sm.pt;
+	}
+	cp_async_commit();
 	// The tiles of the selected blocks: valid, visible, not already chosen
 	// by an earlier slot (a repeated block counts once).  Warp 0 takes a
 	// slot per lane and places its tiles by a prefix sum.  With nsplit > 1
@@ -132,16 +154,9 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	// Dense attention (dense = 1 or 2, decode) takes every tile up to p
 	// instead, in order, with no list.
 	if (lists) {
-		// The K/V tiles are not loading yet: the row's lists come into the
-		// V tiles in one round of 16-byte copies by every thread (through
-		// L2, where the index kernel left them), and the K tiles hold the
-		// merge's scratch.
-		int2 *cs = reinterpret_cast<int2 *>(sm.v);
-		const int2 *src = lists + ((size_t)g * total_q + t) * ksplit * SPLIT_LS;
-		for (int i = threadIdx.x; i < ksplit * SPLIT_LS / 2; i += NTHREADS)
-			cp_async16(smem_u32(cs + 2 * i), src + 2 * i, 16);
-		cp_async_commit();
-		cp_async_wait<0>();
+		// the lists are in (the page-table row may still be coming); the K
+		// tiles hold the merge's scratch
+		cp_async_wait<1>();
 		__syncthreads();
 		u64 *buf = reinterpret_cast<u64 *>(sm.k);
 		int *ql = reinterpret_cast<int *>(buf + SPLIT_CAP), *rank = ql + 128;
@@ -178,10 +193,10 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 		if (lane == 0)
 			sm.ntiles = n;
 	}
+	cp_async_wait<0>();	// the page-table row
 	__syncthreads();
 	const int nall = dense ? (min(p, kv_len - 1) + BN) / BN : sm.ntiles;
 	const int t0 = split * nall / nsplit, ntiles = (split + 1) * nall / nsplit - t0;
-	const int *pt = page_table ? page_table + (size_t)r * pt_stride : nullptr;
 	auto krow = [&](const elem_t *base, int n0) {
 		return kv_tile_rows<D, ES, BK>(base, n0, min(p, kv_len - 1) - n0, pt, k0, g);
 	};

@@ -96,7 +96,9 @@ static void pick_index_split(msa_plan *p)
 	 * the H100 the b1 decode shapes lose 1-45 us with caps of 64 or 32,
 	 * bench/RESULTS.md) */
 	const char *most = getenv("MSAGEN_INDEX_KSPLIT");
-	const int cap = most && atoi(most) > 0 ? atoi(most) : 1 << 20;
+	int cap = most ? atoi(most) : 0;
+	if (cap <= 0)
+		cap = 1 << 20;
 	while (ctas * p->ksplit * 2 <= p->mod->sms && p->ksplit * 4 <= p->nb_max && p->ksplit * 2 <= cap)
 		p->ksplit *= 2;
 	/* the wgmma kernel merges its splits' lists itself when the merge's

@@ -189,14 +189,14 @@ static void check_register_split(void)
 		const char *used = rc == MSA_OK && c.log ? strstr(c.log, "Used ") : NULL;
 		if (used)
 			sscanf(used, "Used %d registers", &regs);
-		if (regs <= 0)
+		if (regs <= 0) {
 			skip(2, "%s: NVRTC gave no resource report (answered from its cache)", name);
-		else
+		} else {
 			check_not_serialised(name, c.log);
-		if (regs > 0)
 			ok(dec * 128 + inc * (threads - 128) <= regs * threads,
 			   "%s: %d x 128 + %d x %d registers fit the launch's %d x %d", name, dec, inc,
 			   threads - 128, regs, threads);
+		}
 		if (rc == MSA_OK)
 			msa_compiled_clear(&c);
 		free(src);

@@ -29,7 +29,7 @@ static const msa_family families[MSA_K_COUNT] = {
 	[MSA_K_DENSE_FWD90] = {"dense_fwd90", F_ATTN | MSA_F_CAUSAL, "dense_fwd90.cu", "msa_dense_fwd90", NULL, 2,
 			       {{"stages", 2, 2, {2, 3}}, {"sched", MSA_DENSE90_SCHED, 4, {0, 1, 2, 3}}}},
 	[MSA_K_SPARSE_KVO90] = {"sparse_kvo90", F_ATTN | MSA_F_TOPK, "sparse_kvo90.cu", "msa_sparse_kvo90", NULL,
-				1, {{"tiles_per_cta", 4, 4, {1, 2, 4, 8}}}},
+				1, {{"tiles_per_cta", 4, 5, {1, 2, 4, 8, 16}}}},
 	[MSA_K_INDEX_SCORES90] = {"index_scores90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 0, {{0}}},
 	[MSA_K_INDEX_TOPK90] = {"index_topk90", F_INDEX, "index_topk90.cu", "msa_index_topk90", NULL, 1,
 				{{"consumers", 3, 2, {2, 3}}}},
@@ -493,10 +493,20 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		*threads = 384;
 		*smem = 1024 + 128 * l->head_dim * 2 * (1 + 2 * v->tune[0]) + 8 * (3 + 4 * v->tune[0]);
 		return;
-	case MSA_K_SPARSE_KVO90:	/* 1 KB alignment, Q, K, V tiles, per tile 10 ints of metadata, QT entries and positions, Q, K, V barriers */
+	case MSA_K_SPARSE_KVO90: {
+		int tb = 128 * l->head_dim * 2, qt = 128 / (l->group ? l->group : 1);
+		if (l->group >= 8) {	/* 1 KB alignment, Q stages, two of K and V, two chunk slots, barriers */
+			int meta = 2 * 4 * (1 + v->tune[0] * (10 + 2 * qt)), bars = 8 * (2 * 3 + 12);
+			int nq = 1024 + 7 * tb + meta + bars <= 232448 ? 3 : 2;
+			*threads = 384;
+			*smem = 1024 + (nq + 4) * tb + meta + bars;
+			return;
+		}
+		/* 1 KB alignment, Q, K, V tiles, per tile 10 ints of metadata, QT entries and positions, K, V barriers */
 		*threads = 256;
-		*smem = 1024 + 3 * 128 * l->head_dim * 2 + 4 * v->tune[0] * (10 + 2 * (128 / (l->group ? l->group : 1))) + 24;
+		*smem = 1024 + 3 * tb + 4 * v->tune[0] * (10 + 2 * qt) + 24;
 		return;
+	}
 	case MSA_K_SPARSE_KVO:
 		*threads = 256;
 		*smem = (128 + 4 * 64) * l->head_dim * 2 + 2 * 4 * 128;

@@ -455,7 +455,10 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 								      (p->kvo_bf16 ? 2 : 4);
 	int nkeys = l->heads_kv * p->nbt, stride = p->pages_per_req, zero = 0, one = 1, rc;
 	int mode = p->kvo_bf16 ? 2 : 1;	/* combine: bf16 or fp32 partial o */
-	int kvo_tpc = p->kvo_bf16 ? p->k_kvo->tune[0] : 1;	/* tiles per CTA */
+	int kvo_tpc = p->kvo_bf16 ? p->k_kvo->tune[0] : 1;	/* tiles per CTA, or per chunk */
+	unsigned kvo_grid = (unsigned)((p->max_tiles + kvo_tpc - 1) / kvo_tpc);
+	if (p->kvo_bf16 && l->group >= 8 && kvo_grid > (unsigned)p->mod->sms)
+		kvo_grid = (unsigned)p->mod->sms;	/* persistent: one CTA per SM walks the chunks */
 	int rows = (t1 - t0) * l->heads_q, ksel = l->topk;
 	long nsel = (long)(t1 - t0) * l->heads_kv * l->topk;
 	unsigned gblocks = (unsigned)((nsel + 255) / 256);
@@ -467,8 +470,8 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	/* sparse_kvo90 takes tensor maps of q (boxes of 64 columns x the
 	 * group's G heads x one token), k and v (64 columns x 128 keys of one
 	 * head: [token][head][D], or [page x head][block][D] when paged) first */
-	CUtensorMap mq, mk, mv;
-	void *kv[] = {&mq, &mk, &mv, &q, &k, &v, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->nbt, &pt,
+	CUtensorMap mq, mk, mv, mo;
+	void *kv[] = {&mq, &mk, &mv, &mo, &q, &k, &v, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->nbt, &pt,
 		      &stride, &p->scale_log2, &p->out_scale, &p->start, &p->cursor, &p->list, &p->tiles,
 		      &p->ntiles, &t0, &p->kvo_part, &part_lse};
 	const long qd[3] = {l->head_dim, l->heads_q, p->total_q},
@@ -478,13 +481,19 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 			    p->paged ? p->ki_rows / l->block * l->heads_kv : p->total_kv},
 		   kr[2] = {l->head_dim * 2L, l->head_dim * 2L * (p->paged ? l->block : l->heads_kv)};
 	const int kbox[3] = {64, p->paged ? 128 : 1, p->paged ? 1 : 128};
+	/* and of the partial o, bf16 [chunk x Hq x k rows][D]: boxes of 64
+	 * columns x a query's rows in one warpgroup (G, at most 64) */
+	const long od[2] = {l->head_dim, (long)p->chunk * l->heads_q * l->topk}, orb[1] = {l->head_dim * 2L};
+	const int obox[2] = {64, l->group < 64 ? l->group : 64};
 	char *o = (char *)out + (size_t)t0 * l->heads_q * l->head_dim * msa_dtype_size(l->dtype_out);
 	float *ls = lse + (size_t)t0 * l->heads_q;
 	void *cb[] = {&p->kvo_part, &part_lse, &ksel, &rows, &mode, &o, &ls};
 
 	if ((p->kvo_bf16 && ((rc = msa_tmap(ctx, &mq, q, l->dtype_q, 3, qd, qr, qbox, "q")) ||
 			     (rc = msa_tmap(ctx, &mk, k, l->dtype_kv, 3, kd, kr, kbox, "k")) ||
-			     (rc = msa_tmap(ctx, &mv, v, l->dtype_kv, 3, kd, kr, kbox, "v")))) ||
+			     (rc = msa_tmap(ctx, &mv, v, l->dtype_kv, 3, kd, kr, kbox, "v")) ||
+			     (rc = msa_tmap(ctx, &mo, (void *)p->kvo_part, MSA_DT_BF16, 2, od, orb, obox,
+					    "KV-outer partials")))) ||
 	    (rc = msa_cu_check(cu->MemsetD32Async(p->cursor, 0, (size_t)nkeys, s), "cuMemsetD32Async",
 			       ctx->err, sizeof ctx->err)) ||
 	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g0, stream)) ||
@@ -494,8 +503,7 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g1, stream)) ||
 	    (rc = msa_cu_check(cu->MemsetD32Async(part_lse, 0xff800000u, (size_t)rows * l->topk, s),
 			       "cuMemsetD32Async", ctx->err, sizeof ctx->err)) ||
-	    (rc = msa_launch(ctx, p->k_kvo, (unsigned)((p->max_tiles + kvo_tpc - 1) / kvo_tpc), 1, 1,
-			     p->kvo_bf16 ? kv : kv + 3, stream)))
+	    (rc = msa_launch(ctx, p->k_kvo, kvo_grid, 1, 1, p->kvo_bf16 ? kv : kv + 4, stream)))
 		return rc;
 	return msa_launch(ctx, p->k_combine, (unsigned)((rows + 3) / 4), 1, 1, cb, stream);
 }

@@ -287,3 +287,22 @@ __device__ __forceinline__ void tma_load_2d(u32 dst, const tmap_t *map, u32 bar,
 		     " [%0], [%1, {%2, %3}], [%4];\n"
 		     :: "r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
+
+// One 2-d box from shared memory to global by TMA (bulk group); the smem
+// must stay until bulk_wait_read says the copy has read it.
+__device__ __forceinline__ void tma_store_2d(const tmap_t *map, u32 src, int c0, int c1)
+{
+	asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n"
+		     :: "l"(map), "r"(src), "r"(c0), "r"(c1) : "memory");
+}
+
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+
+// Every committed bulk group has read its shared memory / has completed.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void st_shared_u32(u32 addr, u32 x)
+{
+	asm volatile("st.shared.u32 [%0], %1;\n" :: "r"(addr), "r"(x) : "memory");
+}

@@ -144,7 +144,7 @@ static const char wspec_text[] =
 	"layer { name = 'w', heads = { q = 64, kv = 4 }, head_dim = 128, index_dim = 128 }\n"
 	"layer { name = 'f', heads = { q = 64, kv = 4 }, head_dim = 128, index_dim = 128,\n"
 	"        dtype = { q = 'bf16', kv = 'bf16', index = 'fp8_e4m3', out = 'bf16' }, causal = false }\n";
-enum { NWSPEC = 9 };
+enum { NWSPEC = 11 };
 
 /* The number after the first pat in src; a macro name there is looked up
  * as "#define NAME number". */
@@ -170,9 +170,13 @@ static void check_register_split(void)
 		vs[i].tune[0] = i < 4 ? 2 : 3;
 		vs[i].tune[1] = i < 4 ? i : 3;
 	}
-	for (int i = 5; i < NWSPEC; i++) {	/* index_topk90: bf16, fp8 x 2, 3 consumers */
+	for (int i = 5; i < 9; i++) {	/* index_topk90: bf16, fp8 x 2, 3 consumers */
 		msa_variant_default(&vs[i], MSA_K_INDEX_TOPK90, &s->layers[(i - 5) % 2], "sm_90a", 1);
 		vs[i].tune[0] = i < 7 ? 2 : 3;
+	}
+	for (int i = 9; i < NWSPEC; i++) {	/* sparse_kvo90: chunks of 4 (3 Q stages) and 16 tiles (2) */
+		msa_variant_default(&vs[i], MSA_K_SPARSE_KVO90, &s->layers[0], "sm_90a", 1);
+		vs[i].tune[0] = i == 9 ? 4 : 16;
 	}
 	for (int i = 0; i < NWSPEC; i++) {
 		char name[256], err[4096], *src;

@@ -18,7 +18,13 @@
 // pages) into one of two shared-memory slots, a chunk ahead; its thread 0
 // gathers Q by TMA into a ring of NQ stages and loads K and V of each new
 // key by TMA into a ring of two, so the loads run ahead of the products.
-// Full/empty mbarriers with parity waits hand slots and stages over.
+// Full/empty mbarriers with parity waits hand slots and stages over.  The
+// two consumer warpgroups take turns issuing S and P V (ping-pong), so one's
+// softmax and stores run under the other's products; a warp whose rows see
+// every key of the block skips the per-score mask, and the scale goes into
+// the exp2's FFMA.  A tile's o is written into its Q stage in Q's swizzled
+// layout and leaves by TMA stores (a box per query and 64 columns), after
+// which the stage is free for the next Q.
 //
 // G < 8: two CTAs of two warpgroups per SM; a CTA reads its TPC tiles'
 // metadata at once, then Q by cp.async and K, V by TMA, the next tile's
@@ -202,6 +208,13 @@ msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 
 	const int cw = wg - 1, warp = (threadIdx.x / 32) % 4;
 	const int row_a = cw * 64 + warp * 16 + lane / 4;	// this thread's rows row_a, row_a + 8
+	// Warpgroup cw issues a product after barrier 4 + cw, then lets the
+	// other one go: S and P V of the two alternate on the tensor cores, and
+	// each one's softmax and stores run under the other's products.
+	if (cw == 1)
+		named_arrive(4, 256);
+	auto turn = [&]() { named_sync(4 + cw, 256); };
+	auto pass = [&]() { named_arrive(5 - cw, 256); };
 	int u = 0, n = 0;
 	bool store_pending = false;	// this thread's last bulk store may still read its stage
 	for (int i = 0;; i++) {
@@ -223,9 +236,11 @@ msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 			if (fresh)
 				mbar_wait(bkf + 8 * ks, kpar);
 			float sc[16][4];
+			turn();
 			wgmma_fence();
 			wg_qk<D, 128>(sc, sq + s * TBYTES + cw * 64 * 128, sk + ks * TBYTES);
 			wgmma_commit();
+			pass();
 			if (store_pending) {	// the last tile's o has left its stage
 				bulk_wait_read();
 				mbar_arrive(bqe + 8 * ((u - 1) % NQ));
@@ -236,16 +251,20 @@ msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 			if (last)
 				mbar_arrive(bke + 8 * ks);
 
-			// One block: one softmax step from an empty state.
-			scale_mask<128>(sc, scale_log2, lane, [&](int half, int col) {
-				const int jj = b * BK + col;
-				return jj <= lim[half] && jj < kend;
-			});
+			// One block: one softmax step from an empty state, the scale in
+			// the exp2's FFMA.  Only a warp with a key its rows may not see
+			// (the request's end, a query's own block, an absent query)
+			// pays for the per-score mask.
+			if (!__all_sync(~0u, b * BK + BK <= kend && lim[0] >= b * BK + BK - 1 && lim[1] >= b * BK + BK - 1))
+				scale_mask<128>(sc, 1.f, lane, [&](int half, int col) {
+					const int jj = b * BK + col;
+					return jj <= lim[half] && jj < kend;
+				});
 			row_state st;
 			row_state_init(st);
 			u32 pa[8][4];
 			float alpha[2];	// 0: nothing to rescale
-			softmax_step<128, MSA_DT_Q>(sc, st, pa, alpha);
+			softmax_step<128, MSA_DT_Q, true>(sc, st, pa, alpha, scale_log2);
 
 			if (fresh) {
 				mbar_wait(bvf + 8 * ks, kpar);
@@ -261,9 +280,11 @@ msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap
 				}
 			}
 			float o[D / 8][4];
+			turn();
 			wgmma_fence();
 			wg_pv<D, 128>(o, pa, sv + ks * TBYTES, 0);
 			wgmma_commit();
+			pass();
 			wgmma_wait<0>();
 			reg_fence<D / 2>(&o[0][0]);
 			if (last)

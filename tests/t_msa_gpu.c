@@ -316,6 +316,9 @@ int main(void)
 		 * wgmma index recomputes those blocks in fp32 (prefill, then split decode) */
 		{16, 4, 128, 128, 128, 16, 1, 0, 2, 0, 0, 2, 150, 700, 0, 0, 0, 96},
 		{16, 4, 128, 128, 128, 16, 1, 0, 2, 1, 0, 3, 2, 6000, 0, 0, 0, 64},
+		/* the warp-specialised KV-outer kernel at head dim 64: 16 (two) queries a tile */
+		{8, 2, 64, 64, 128, 8, 1, 0, 0, 1, 0, 2, 150, 700, 0, 0, 0, 0},
+		{64, 1, 64, 64, 128, 8, 1, 0, 1, 0, 0, 2, 120, 500, 0, 0, 0, 0},
 	};
 	gpu_env env;
 	ref_rng rng;

@@ -457,7 +457,7 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	int mode = p->kvo_bf16 ? 2 : 1;	/* combine: bf16 or fp32 partial o */
 	int kvo_tpc = p->kvo_bf16 ? p->k_kvo->tune[0] : 1;	/* tiles per CTA, or per chunk */
 	unsigned kvo_grid = (unsigned)((p->max_tiles + kvo_tpc - 1) / kvo_tpc);
-	if (p->kvo_bf16 && l->group >= 8 && kvo_grid > (unsigned)p->mod->sms)
+	if (p->kvo_bf16 && l->group >= 8 && p->mod->sms > 0 && kvo_grid > (unsigned)p->mod->sms)
 		kvo_grid = (unsigned)p->mod->sms;	/* persistent: one CTA per SM walks the chunks */
 	int rows = (t1 - t0) * l->heads_q, ksel = l->topk;
 	long nsel = (long)(t1 - t0) * l->heads_kv * l->topk;

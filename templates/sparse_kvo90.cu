@@ -47,6 +47,19 @@ typedef u8 elem_t;
 static_assert(MSA_DT_Q == MSA_DT_KV && MSA_DT_Q != 2, "sparse_kvo90: q and kv of one 16-bit type");
 static_assert(BK == 128 && G <= 128 && 128 % G == 0, "sparse_kvo90: block 128, G a power of two <= 128");
 static_assert(D == 64 || D == 128, "sparse_kvo90: head dim 64 or 128");
+
+// Both kernels below take the same arguments: tensor maps of q, k, v and the
+// partial o (the G < 8 kernel uses k and v only), then the tensors.
+#define KVO90_PARAMS                                                                                     \
+	const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_t tk,                            \
+		const __grid_constant__ tmap_t tv, const __grid_constant__ tmap_t to,                    \
+		const elem_t *__restrict__ q, const elem_t *__restrict__ k, const elem_t *__restrict__ v, \
+		const int *__restrict__ cu_q, const int *__restrict__ cu_kv,                             \
+		const int *__restrict__ blk_off, int batch, int nbt, const int *__restrict__ page_table,  \
+		int pt_stride, float scale_log2, float out_scale, const int *__restrict__ start,          \
+		const int *__restrict__ count, const int *__restrict__ list,                             \
+		const int2 *__restrict__ tiles, const int *__restrict__ ntiles, int t0,                  \
+		u16 *__restrict__ part_o, float *__restrict__ part_lse
 #if G >= 8
 // ---------------------------------------------------------------- G >= 8
 #define NTHREADS 384
@@ -62,15 +75,7 @@ static_assert(1024 + (NQ + 4) * TBYTES + METAB + BARB <= MSA_SMEM_BYTES, "sparse
 #endif
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
-msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_t tk,
-		 const __grid_constant__ tmap_t tv, const __grid_constant__ tmap_t to, const elem_t *__restrict__ q, const elem_t *__restrict__ k,
-		 const elem_t *__restrict__ v, const int *__restrict__ cu_q,
-		 const int *__restrict__ cu_kv, const int *__restrict__ blk_off, int batch, int nbt,
-		 const int *__restrict__ page_table, int pt_stride, float scale_log2, float out_scale,
-		 const int *__restrict__ start, const int *__restrict__ count,
-		 const int *__restrict__ list, const int2 *__restrict__ tiles,
-		 const int *__restrict__ ntiles, int t0, u16 *__restrict__ part_o,
-		 float *__restrict__ part_lse)
+msa_sparse_kvo90(KVO90_PARAMS)
 {
 	(void)q;
 	(void)k;
@@ -347,15 +352,7 @@ static_assert(1024 + 3 * TBYTES + 4 * TPC * (MW + 2 * QT) + 24 <= MSA_SMEM_BYTES
 #endif
 
 extern "C" __global__ void __launch_bounds__(NTHREADS, 2)
-msa_sparse_kvo90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_t tk,
-		 const __grid_constant__ tmap_t tv, const __grid_constant__ tmap_t to, const elem_t *__restrict__ q, const elem_t *__restrict__ k,
-		 const elem_t *__restrict__ v, const int *__restrict__ cu_q,
-		 const int *__restrict__ cu_kv, const int *__restrict__ blk_off, int batch, int nbt,
-		 const int *__restrict__ page_table, int pt_stride, float scale_log2, float out_scale,
-		 const int *__restrict__ start, const int *__restrict__ count,
-		 const int *__restrict__ list, const int2 *__restrict__ tiles,
-		 const int *__restrict__ ntiles, int t0, u16 *__restrict__ part_o,
-		 float *__restrict__ part_lse)
+msa_sparse_kvo90(KVO90_PARAMS)
 {
 	(void)tq;
 	(void)to;

@@ -458,6 +458,7 @@ struct msa_plan {
 	CUdeviceptr scores_ws;	/* [Hi, total_q, nb_max] when unfused */
 	int chunk;		/* queries per KV-outer pass */
 	int nbt, max_tiles;	/* blocks of all requests; tiles per pass */
+	int npass;		/* KV-outer passes: total_q / chunk, rounded up */
 	CUdeviceptr blk_off;	/* [batch+1] first block of each request */
 	CUdeviceptr kvo;	/* KV-outer workspace, carved below */
 	CUdeviceptr cursor, start, list, tiles, ntiles, kvo_part;

@@ -235,9 +235,17 @@ static int plan_kvo(msa_plan *p, const msa_batch *b)
 	p->chunk = (int)((b->kvo_workspace ? b->kvo_workspace : kvo_default_bytes(cu, per_q, p->total_q)) / per_q);
 	p->chunk = p->chunk < 1 ? 1 : p->chunk > p->total_q ? p->total_q : p->chunk;
 	p->max_tiles = (int)((long)p->chunk * l->heads_kv * l->topk / qt) + l->heads_kv * p->nbt + 1;
-	size_t nkeys = (size_t)l->heads_kv * p->nbt, nb = sizeof(int) * (size_t)(b->batch + 1);
-	size_t bytes[] = {nb, nkeys * 4, nkeys * 4, (size_t)p->chunk * l->heads_kv * l->topk * 4,
-			  (size_t)p->max_tiles * 8, 16, (size_t)p->chunk * per_q};
+	p->npass = (int)((p->total_q + p->chunk - 1) / p->chunk);
+	/* every pass's counters, lists and tiles (gathered at once), one
+	 * pass's partials */
+	size_t nkeys = (size_t)l->heads_kv * p->nbt, nb = sizeof(int) * (size_t)(b->batch + 1), np = (size_t)p->npass;
+	size_t bytes[] = {nb, np * nkeys * 4, np * nkeys * 4, np * p->chunk * l->heads_kv * l->topk * 4,
+			  np * p->max_tiles * 8, np * 4, (size_t)p->chunk * per_q};
+	if (np * p->chunk * l->heads_kv * l->topk >= (size_t)1 << 31) {
+		free(off);
+		return msa_ctx_fail(ctx, MSA_EINVAL, "KV-outer: %ld queries x %d groups x top-%d selections do "
+				    "not fit 32-bit list indices", (long)p->total_q, l->heads_kv, l->topk);
+	}
 	size_t total = 0;
 	for (int i = 0; i < MSA_COUNT(bytes); i++)
 		total += (bytes[i] + 255) / 256 * 256;
@@ -442,10 +450,39 @@ int msa_topk(msa_plan *p, const float *scores, int32_t *ids, void *stream)
 	return msa_launch(p->mod->ctx, p->k_topk, (unsigned)((rows + 3) / 4), 1, 1, args, stream);
 }
 
-/* One KV-outer pass over queries [t0, t1): gather lists, scan, fill,
- * partials, combine.  Every step is a launch or an async memset. */
-static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, const int32_t *ids,
-		    void *out, float *lse, int t0, int t1, void *stream)
+/* Every KV-outer pass's lists at once: count, scan (a CTA per pass), fill.
+ * Every step is a launch or an async memset. */
+static int kvo_gather(msa_plan *p, const int32_t *ids, void *stream)
+{
+	const msa_layer *l = &p->mod->layer;
+	msa_ctx *ctx = p->mod->ctx;
+	CUstream s = (CUstream)stream;
+	int nkeys = l->heads_kv * p->nbt, zero = 0, one = 1, t0 = 0;
+	long list_stride = (long)p->chunk * l->heads_kv * l->topk;
+	size_t ncount = (size_t)p->npass * nkeys;
+	long nsel = (long)p->total_q * l->heads_kv * l->topk;
+	unsigned gblocks = (unsigned)((nsel + 255) / 256);
+	void *g0[] = {&ids, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->total_q, &p->nbt, &t0, &p->total_q,
+		      &zero, &p->cursor, &p->start, &p->list, &p->chunk, &nkeys};
+	void *g1[] = {&ids, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->total_q, &p->nbt, &t0, &p->total_q,
+		      &one, &p->cursor, &p->start, &p->list, &p->chunk, &nkeys};
+	void *sc[] = {&p->cursor, &nkeys, &p->start, &p->tiles, &p->max_tiles, &p->ntiles, &list_stride};
+	int rc;
+	if ((rc = msa_cu_check(p->mod->cu->MemsetD32Async(p->cursor, 0, ncount, s), "cuMemsetD32Async",
+			       ctx->err, sizeof ctx->err)) ||
+	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g0, stream)) ||
+	    (rc = msa_launch_fn(ctx, p->k_gather->fn2, "msa_gather_scan", (unsigned)p->npass, 1, 1, 1024, 0, sc,
+				stream)) ||
+	    (rc = msa_cu_check(p->mod->cu->MemsetD32Async(p->cursor, 0, ncount, s), "cuMemsetD32Async",
+			       ctx->err, sizeof ctx->err)))
+		return rc;
+	return msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g1, stream);
+}
+
+/* KV-outer pass `pass` over queries [t0, t1) (its lists gathered by
+ * kvo_gather): partials, combine. */
+static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, int pass, void *out, float *lse,
+		    int t0, int t1, void *stream)
 {
 	const msa_layer *l = &p->mod->layer;
 	const msa_cu *cu = p->mod->cu;
@@ -453,27 +490,23 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 	CUstream s = (CUstream)stream;
 	CUdeviceptr pt = p->pages, part_lse = p->kvo_part + (size_t)p->chunk * l->heads_q * l->topk * l->head_dim *
 								      (p->kvo_bf16 ? 2 : 4);
-	int nkeys = l->heads_kv * p->nbt, stride = p->pages_per_req, zero = 0, one = 1, rc;
+	int nkeys = l->heads_kv * p->nbt, stride = p->pages_per_req, rc;
 	int mode = p->kvo_bf16 ? 2 : 1;	/* combine: bf16 or fp32 partial o */
+	/* this pass's counters (start, count), tiles and tile count */
+	CUdeviceptr start = p->start + (size_t)pass * nkeys * 4, count = p->cursor + (size_t)pass * nkeys * 4,
+		    tiles = p->tiles + (size_t)pass * p->max_tiles * 8, ntiles = p->ntiles + (size_t)pass * 4;
 	int kvo_tpc = p->kvo_bf16 ? p->k_kvo->tune[0] : 1;	/* tiles per CTA, or per chunk */
 	unsigned kvo_grid = (unsigned)((p->max_tiles + kvo_tpc - 1) / kvo_tpc);
 	if (p->kvo_bf16 && l->group >= 8 && p->mod->sms > 0 && kvo_grid > (unsigned)p->mod->sms)
 		kvo_grid = (unsigned)p->mod->sms;	/* persistent: one CTA per SM walks the chunks */
 	int rows = (t1 - t0) * l->heads_q, ksel = l->topk;
-	long nsel = (long)(t1 - t0) * l->heads_kv * l->topk;
-	unsigned gblocks = (unsigned)((nsel + 255) / 256);
-	void *g0[] = {&ids, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->total_q, &p->nbt, &t0, &t1,
-		      &zero, &p->cursor, &p->start, &p->list};
-	void *g1[] = {&ids, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->total_q, &p->nbt, &t0, &t1,
-		      &one, &p->cursor, &p->start, &p->list};
-	void *sc[] = {&p->cursor, &nkeys, &p->start, &p->tiles, &p->max_tiles, &p->ntiles};
 	/* sparse_kvo90 takes tensor maps of q (boxes of 64 columns x the
 	 * group's G heads x one token), k and v (64 columns x 128 keys of one
 	 * head: [token][head][D], or [page x head][block][D] when paged) first */
 	CUtensorMap mq, mk, mv, mo;
 	void *kv[] = {&mq, &mk, &mv, &mo, &q, &k, &v, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->nbt, &pt,
-		      &stride, &p->scale_log2, &p->out_scale, &p->start, &p->cursor, &p->list, &p->tiles,
-		      &p->ntiles, &t0, &p->kvo_part, &part_lse};
+		      &stride, &p->scale_log2, &p->out_scale, &start, &count, &p->list, &tiles,
+		      &ntiles, &t0, &p->kvo_part, &part_lse};
 	const long qd[3] = {l->head_dim, l->heads_q, p->total_q},
 		   qr[2] = {l->head_dim * 2L, l->head_dim * 2L * l->heads_q};
 	const int qbox[3] = {64, l->group < 256 ? l->group : 256, 1};
@@ -494,13 +527,6 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, co
 			     (rc = msa_tmap(ctx, &mv, v, l->dtype_kv, 3, kd, kr, kbox, "v")) ||
 			     (rc = msa_tmap(ctx, &mo, (void *)p->kvo_part, MSA_DT_BF16, 2, od, orb, obox,
 					    "KV-outer partials")))) ||
-	    (rc = msa_cu_check(cu->MemsetD32Async(p->cursor, 0, (size_t)nkeys, s), "cuMemsetD32Async",
-			       ctx->err, sizeof ctx->err)) ||
-	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g0, stream)) ||
-	    (rc = msa_launch_fn(ctx, p->k_gather->fn2, "msa_gather_scan", 1, 1, 1, 1024, 0, sc, stream)) ||
-	    (rc = msa_cu_check(cu->MemsetD32Async(p->cursor, 0, (size_t)nkeys, s), "cuMemsetD32Async",
-			       ctx->err, sizeof ctx->err)) ||
-	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g1, stream)) ||
 	    (rc = msa_cu_check(cu->MemsetD32Async(part_lse, 0xff800000u, (size_t)rows * l->topk, s),
 			       "cuMemsetD32Async", ctx->err, sizeof ctx->err)) ||
 	    (rc = msa_launch(ctx, p->k_kvo, kvo_grid, 1, 1, p->kvo_bf16 ? kv : kv + 4, stream)))
@@ -535,13 +561,12 @@ int msa_sparse_attn(msa_plan *p, const void *q, const void *k, const void *v, co
 {
 	NEED(p, "msa_sparse_attn", "q k v ids out lse", q, k, v, ids, out, lse);
 	if (p->mode == MSA_SPARSE_KVO) {
-		for (int t0 = 0; t0 < p->total_q; t0 += p->chunk) {
+		int rc = p->total_q > 0 ? kvo_gather(p, ids, stream) : MSA_OK;
+		for (int t0 = 0, pass = 0; rc == MSA_OK && t0 < p->total_q; t0 += p->chunk, pass++) {
 			int t1 = t0 + p->chunk < p->total_q ? t0 + p->chunk : p->total_q;
-			int rc = kvo_pass(p, q, k, v, ids, out, lse, t0, t1, stream);
-			if (rc)
-				return rc;
+			rc = kvo_pass(p, q, k, v, pass, out, lse, t0, t1, stream);
 		}
-		return MSA_OK;
+		return rc;
 	}
 	if (!p->k_sparse)
 		return msa_ctx_fail(p->mod->ctx, MSA_EUNSUPPORTED, "layer %s: no sparse kernel",

@@ -1,12 +1,17 @@
 // gather.cu - the plan step of the KV-outer main branch, on the GPU: for
-// each (group, KV block) the list of (query, slot) pairs that selected it,
-// cut into tiles of QT queries (QT x G rows = 128 rows of one MMA tile).
+// each pass (chunk of queries) and (group, KV block) the list of (query,
+// slot) pairs that selected it, cut into tiles of QT queries (QT x G rows =
+// 128 rows of one MMA tile).  Every pass is gathered at once, before the
+// first pass's attention.
 //
-//   count: one thread per (query, group, slot) of a chunk of queries
-//   scan:  one CTA: exclusive scans of counts and tile counts, tile map
+//   count: one thread per (query, group, slot) of queries [t0, t1)
+//   scan:  one CTA per pass: exclusive scans of its counts and tile counts,
+//          its tile map
 //   fill:  like count, writes each pair into its list
 //
-// A block key is g * nbt + blk_off[r] + b, nbt = blocks of all requests.
+// A block key is g * nbt + blk_off[r] + b, nbt = blocks of all requests;
+// pass p's counters are the nkeys from p * nkeys, its tiles the max_tiles
+// from p * max_tiles, its lists the list_stride entries from p * list_stride.
 #include "common.cuh"
 
 #define K MSA_TOPK
@@ -33,10 +38,12 @@ __device__ __forceinline__ int gather_key(const int *ids, const int *cu_q, const
 }
 
 // Pass 0 counts, pass 1 fills; cursor must be zero before each pass.
+// Query t belongs to KV-outer pass (t - t0) / chunk.
 extern "C" __global__ void __launch_bounds__(256)
 msa_gather(const int *__restrict__ ids, const int *__restrict__ cu_q, const int *__restrict__ cu_kv,
 	   const int *__restrict__ blk_off, int batch, int total_q, int nbt, int t0, int t1,
-	   int pass, int *__restrict__ cursor, const int *__restrict__ start, int *__restrict__ list)
+	   int pass, int *__restrict__ cursor, const int *__restrict__ start, int *__restrict__ list,
+	   int chunk, int nkeys)
 {
 	long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
 	long n = (long)(t1 - t0) * MSA_HKV * K;
@@ -46,18 +53,24 @@ msa_gather(const int *__restrict__ ids, const int *__restrict__ cu_q, const int 
 	int key = gather_key(ids, cu_q, cu_kv, blk_off, batch, total_q, nbt, t, g, slot);
 	if (key < 0)
 		return;
-	int pos = atomicAdd(&cursor[key], 1);
+	long at = (long)((t - t0) / chunk) * nkeys + key;
+	int pos = atomicAdd(&cursor[at], 1);
 	if (pass == 1)
-		list[start[key] + pos] = t * K + slot;
+		list[start[at] + pos] = t * K + slot;
 }
 
-// One CTA of 1024 threads.  start[key] = exclusive scan of counts; each
-// tile gets (key, first list index); ntiles[0] = number of tiles.
+// One CTA of 1024 threads per pass.  start[key] = the pass's first list
+// index plus the exclusive scan of its counts; each tile gets (key, first
+// list index); ntiles[pass] = the pass's number of tiles.
 extern "C" __global__ void __launch_bounds__(1024)
 msa_gather_scan(const int *__restrict__ count, int nkeys, int *__restrict__ start,
-		int2 *__restrict__ tiles, int max_tiles, int *__restrict__ ntiles)
+		int2 *__restrict__ tiles, int max_tiles, int *__restrict__ ntiles, long list_stride)
 {
 	__shared__ int part[1024], tpart[1024];
+	count += (long)blockIdx.x * nkeys;
+	start += (long)blockIdx.x * nkeys;
+	tiles += (long)blockIdx.x * max_tiles;
+	ntiles += blockIdx.x;
 	const int tid = threadIdx.x, per = (nkeys + 1023) / 1024;
 	const int k0 = min(nkeys, tid * per), k1 = min(nkeys, k0 + per);
 	int s = 0, ts = 0;
@@ -75,7 +88,7 @@ msa_gather_scan(const int *__restrict__ count, int nkeys, int *__restrict__ star
 		tpart[tid] += b;
 		__syncthreads();
 	}
-	s = part[tid] - s;
+	s = part[tid] - s + (int)(blockIdx.x * list_stride);
 	ts = tpart[tid] - ts;
 	for (int k = k0; k < k1; k++) {
 		int c = count[k];

@@ -150,9 +150,17 @@ int msa_dense_plan_new(msa_module *mod, int batch, const int *cu_q, const int *c
 	p->scale_log2 = (float)(mod->layer.scale / log(2.0));
 	if ((rc = msa_module_dense_kernel(mod, p->causal, max_q, 0, &p->k, &p->wgmma)) != MSA_OK)
 		goto fail;
+	size_t tail = 0;	/* a persistent non-causal launch may split its last wave */
+	if (p->wgmma && !p->causal && mod->sms > 0) {
+		if ((rc = msa_module_kernel(mod, MSA_K_COMBINE, 0, &p->kcomb)) != MSA_OK)
+			goto fail;
+		tail = msa_dense_tail_bytes(&mod->layer, mod->sms);
+	}
 	bytes = sizeof(int) * (size_t)(batch + 1);
-	rc = msa_cu_check(mod->cu->MemAlloc(&p->dev_cu, 2 * bytes + 8), "cuMemAlloc", ctx->err, sizeof ctx->err);
+	rc = msa_cu_check(mod->cu->MemAlloc(&p->dev_cu, 2 * bytes + 8 + (tail ? 256 + tail : 0)), "cuMemAlloc",
+			  ctx->err, sizeof ctx->err);
 	p->ctr = p->dev_cu + 2 * bytes;
+	p->tail = tail ? (p->ctr + 8 + 255) / 256 * 256 : 0;
 	if (rc == MSA_OK)
 		rc = msa_cu_check(mod->cu->MemsetD32(p->ctr, 0, 2), "cuMemsetD32", ctx->err, sizeof ctx->err);
 	if (rc == MSA_OK)
@@ -218,6 +226,42 @@ static int tmap3(msa_ctx *ctx, CUtensorMap *m, const void *base, int dt, int dim
 	return msa_tmap(ctx, m, base, dt, 3, dims, rb, box, what);
 }
 
+size_t msa_dense_tail_bytes(const msa_layer *l, int sms)
+{
+	return (size_t)sms * 128 * ((size_t)l->head_dim * 4 + 8);
+}
+
+/* The split tail of a persistent non-causal dense_fwd90 launch of `items`
+ * items: the items of a last, partial wave (items % SMs) are split over key
+ * ranges so that their parts fill it (nfull whole items, then tsplit parts
+ * of each of the rest; msa_combine merges the parts).  Worth it when an item
+ * spans many key tiles (from 8 tiles of 128 keys a request on average) and
+ * the launch has few waves (under 64: the last wave is then at least 1.5%
+ * of it; on the H100 the split gained 2% at 8K and 16K tokens, 31 and 62
+ * waves, and lost 1% at 32K, 124 waves).  MSAGEN_DENSE_TAIL=off turns it
+ * off; a number splits that many last items whatever the shape (tests). */
+static void dense_tail(const msa_dense_args *a, long items, int *nfull, int *tsplit)
+{
+	const char *env = getenv("MSAGEN_DENSE_TAIL");
+	const int sms = a->mod->sms;
+	long r = items % sms, ktiles = ((long)a->total_kv + 127) / 128;
+	*nfull = (int)items;
+	*tsplit = 1;
+	if (a->causal || !a->tail || !a->kcomb || sms <= 0 || (env && !strcmp(env, "off")))
+		return;
+	if (env && atol(env) > 0)
+		r = atol(env) < items ? atol(env) : items;
+	else if (ktiles < 8L * a->batch || items >= 64L * sms)
+		return;
+	long s = r ? sms / r : 0;
+	s = s < 64 ? s : 64;
+	s = s < ktiles ? s : ktiles;
+	if (s < 2)
+		return;
+	*nfull = (int)(items - r);
+	*tsplit = (int)s;
+}
+
 int msa_dense_launch(const msa_dense_args *a, void *stream)
 {
 	msa_module *mod = a->mod;
@@ -235,17 +279,27 @@ int msa_dense_launch(const msa_dense_args *a, void *stream)
 	if (a->wgmma) {
 		CUtensorMap mq, mk, mv;
 		int mtiles = (int)((a->max_q + 127) / 128), batch = a->batch;
-		CUdeviceptr ctr = a->ctr;
+		CUdeviceptr ctr = a->ctr, po = 0, pl = 0, map = 0;
+		int nfull = mtiles * l->heads_q * batch, tsplit = 1;
 		void *args[] = {&mq, &mk, &mv, &out, &lse, &cq, &ck, &scale_log2, &out_scale, &causal,
-				&mtiles, &batch, &ctr};
+				&mtiles, &batch, &ctr, &nfull, &tsplit, &po, &pl, &map};
 		if ((rc = tmap3(ctx, &mq, q, l->dtype_q, l->head_dim, l->heads_q, a->total_q, "q")) ||
 		    (rc = tmap3(ctx, &mk, k, l->dtype_kv, l->head_dim, l->heads_kv, a->total_kv, "k")) ||
 		    (rc = tmap3(ctx, &mv, v, l->dtype_kv, l->head_dim, l->heads_kv, a->total_kv, "v")))
 			return rc;
 		if (a->kern->tune[1] & 2) {	/* persistent: one CTA per SM */
 			long items = (long)mtiles * l->heads_q * batch;
-			return msa_launch(ctx, a->kern, (unsigned)(items < mod->sms ? items : mod->sms), 1, 1,
-					  args, stream);
+			dense_tail(a, items, &nfull, &tsplit);
+			long work = nfull + (items - nfull) * tsplit;
+			unsigned ctas = (unsigned)(work < mod->sms ? work : mod->sms);
+			/* the split tail's partials (o, lse) and row map */
+			int rows = (int)(items - nfull) * 128, mode = 4;
+			size_t np = (size_t)tsplit * rows;
+			po = a->tail, pl = po + np * l->head_dim * 4, map = pl + np * 4;
+			if ((rc = msa_launch(ctx, a->kern, ctas, 1, 1, args, stream)) || tsplit == 1)
+				return rc;
+			void *cargs[] = {&po, &pl, &tsplit, &rows, &mode, &out, &lse, &map};
+			return msa_launch(ctx, a->kcomb, (unsigned)rows, 1, 1, cargs, stream);
 		}
 		return msa_launch(ctx, a->kern, (unsigned)mtiles, (unsigned)l->heads_q, (unsigned)batch, args,
 				  stream);
@@ -253,6 +307,28 @@ int msa_dense_launch(const msa_dense_args *a, void *stream)
 	void *args[] = {&q, &k, &v, &out, &lse, &cq, &ck, &pt, &stride, &scale_log2, &out_scale, &causal};
 	return msa_launch(ctx, a->kern, (unsigned)((a->max_q + a->kern->tune[0] - 1) / a->kern->tune[0]),	/* block_m */
 			  (unsigned)l->heads_q, (unsigned)a->batch, args, stream);
+}
+
+static msa_dense_args dense_args(const msa_dense_plan *p, const void *q, const void *k, const void *v,
+				 void *out, float *lse)
+{
+	msa_dense_args a = {
+		p->mod, p->k, p->wgmma, q, k, v, out, lse, p->dev_cu,
+		p->dev_cu + sizeof(int) * (size_t)(p->batch + 1), 0, 0, p->scale_log2, 1.f, p->causal,
+		p->batch, p->max_q, p->total_q, p->total_kv, p->ctr, p->tail, p->kcomb,
+	};
+	return a;
+}
+
+int msa_dense_plan_tail(const msa_dense_plan *p, int *nfull, int *tsplit)
+{
+	msa_dense_args a = dense_args(p, NULL, NULL, NULL, NULL, NULL);
+	long items = (long)((p->max_q + 127) / 128) * p->mod->layer.heads_q * p->batch;
+	*nfull = (int)items;
+	*tsplit = 1;
+	if (p->wgmma && (p->k->tune[1] & 2))
+		dense_tail(&a, items, nfull, tsplit);
+	return *tsplit > 1;
 }
 
 int msa_dense_run(msa_dense_plan *p, const void *q, const void *k, const void *v, void *out,
@@ -263,11 +339,7 @@ int msa_dense_run(msa_dense_plan *p, const void *q, const void *k, const void *v
 	if (!q || !k || !v || !out || !lse)
 		return msa_ctx_fail(p->mod->ctx, MSA_EINVAL, "msa_dense_run: %s is NULL",
 				    !q ? "q" : !k ? "k" : !v ? "v" : !out ? "out" : "lse");
-	msa_dense_args a = {
-		p->mod, p->k, p->wgmma, q, k, v, out, lse, p->dev_cu,
-		p->dev_cu + sizeof(int) * (size_t)(p->batch + 1), 0, 0, p->scale_log2, 1.f, p->causal,
-		p->batch, p->max_q, p->total_q, p->total_kv, p->ctr,
-	};
+	msa_dense_args a = dense_args(p, q, k, v, out, lse);
 	return msa_dense_launch(&a, stream);
 }
 

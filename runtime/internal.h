@@ -367,6 +367,8 @@ struct msa_dense_plan {
 	float scale_log2;
 	CUdeviceptr dev_cu;	/* cu_q then cu_kv, batch+1 ints each, then ctr */
 	CUdeviceptr ctr;	/* 2 ints: dense_fwd90's work counter */
+	CUdeviceptr tail;	/* non-causal dense_fwd90's split tail (msa_dense_tail_bytes), or 0 */
+	msa_kernel *kcomb;	/* the combine that merges it */
 };
 
 /* Check batch+1 cumulative lengths on the host; gives the longest q. */
@@ -387,8 +389,16 @@ typedef struct msa_dense_args {
 	float scale_log2, out_scale;
 	int causal, batch, max_q, total_q, total_kv;
 	CUdeviceptr ctr;	/* 2 ints, zero between launches: the persistent kernel's work counter */
+	CUdeviceptr tail;	/* split-tail workspace of msa_dense_tail_bytes, or 0: no split tail */
+	const msa_kernel *kcomb;	/* msa_combine, with tail */
 } msa_dense_args;
 int msa_dense_launch(const msa_dense_args *a, void *stream);
+/* Bytes of a persistent non-causal dense_fwd90 launch's split-tail
+ * workspace on a device of sms SMs (partial o and lse, row map). */
+size_t msa_dense_tail_bytes(const msa_layer *l, int sms);
+/* Whether the plan's launch splits its last items (then nfull whole items
+ * and tsplit parts of each of the rest). */
+int msa_dense_plan_tail(const msa_dense_plan *p, int *nfull, int *tsplit);
 /* A TMA tensor map (128-byte swizzle, zero fill) of rank 2 or 3: dims
  * innermost first, row_bytes the byte strides of dims 1.., box in
  * elements; what names the tensor in errors. */

@@ -520,7 +520,8 @@ static int kvo_pass(msa_plan *p, const void *q, const void *k, const void *v, in
 	const int obox[2] = {64, l->group < 64 ? l->group : 64};
 	char *o = (char *)out + (size_t)t0 * l->heads_q * l->head_dim * msa_dtype_size(l->dtype_out);
 	float *ls = lse + (size_t)t0 * l->heads_q;
-	void *cb[] = {&p->kvo_part, &part_lse, &ksel, &rows, &mode, &o, &ls};
+	const void *nomap = NULL;
+	void *cb[] = {&p->kvo_part, &part_lse, &ksel, &rows, &mode, &o, &ls, &nomap};
 
 	if ((p->kvo_bf16 && ((rc = msa_tmap(ctx, &mq, q, l->dtype_q, 3, qd, qr, qbox, "q")) ||
 			     (rc = msa_tmap(ctx, &mk, k, l->dtype_kv, 3, kd, kr, kbox, "k")) ||
@@ -552,7 +553,8 @@ static int run_query_outer(msa_plan *p, const void *q, const void *k, const void
 	if (rc || p->nsplit == 1)
 		return rc;
 	int mode = 3;	/* a CTA per row: every partial's loads in one round */
-	void *cargs[] = {&p->part_o, &p->part_lse, &p->nsplit, &rows, &mode, &out, &lse};
+	const void *nomap = NULL;
+	void *cargs[] = {&p->part_o, &p->part_lse, &p->nsplit, &rows, &mode, &out, &lse, &nomap};
 	return msa_launch(p->mod->ctx, p->k_combine, (unsigned)rows, 1, 1, cargs, stream);
 }
 
@@ -606,7 +608,7 @@ int msa_dense(msa_plan *p, const void *q, const void *k, const void *v, void *ou
 	msa_dense_args a = {
 		p->mod, p->k_dense, p->dense_wgmma, q, k, v, out, lse, p->cu_q, p->cu_kv, p->pages,
 		p->pages_per_req, p->scale_log2, p->out_scale, p->mod->layer.causal, p->batch, p->max_q,
-		p->total_q, p->total_kv, p->dense_ctr,
+		p->total_q, p->total_kv, p->dense_ctr, 0, NULL,	/* no split tail */
 	};
 	return msa_dense_launch(&a, stream);
 }

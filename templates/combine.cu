@@ -1,7 +1,7 @@
 // combine.cu - merge partial (o, lse) pairs of one (token, query head):
 // out = sum_s exp(lse_s - m) o_s / sum_s exp(lse_s - m), lse = m + log(sum).
 // One warp per row; partials with lse -inf add nothing, and a row with no
-// partial gives 0 and -inf.  Three layouts (and mode 3, below):
+// partial gives 0 and -inf.  Three layouts (and modes 3 and 4, below):
 //   mode 0 (msa_sparse_fwd splits): partial s of row at s * rows + row
 //   mode 1 (msa_sparse_kvo): [token, Hkv, k, G]: row (t, g*G + h) has its
 //          k partials at ((t * Hkv + g) * k + s) * G + h
@@ -194,12 +194,13 @@ __device__ __forceinline__ void merge_row_cta(const float *__restrict__ part_o, 
 // flight per lane (32 would spill them)
 extern "C" __global__ void __launch_bounds__(128, 8)
 msa_combine(const float *__restrict__ part_o, const float *__restrict__ part_lse, int nsplit,
-	    int rows, int mode, out_t *__restrict__ out, float *__restrict__ lse)
+	    int rows, int mode, out_t *__restrict__ out, float *__restrict__ lse, const int *__restrict__ rowmap)
 {
-	if (mode == 3) {
-		if (blockIdx.x < rows)
-			merge_row_cta(part_o, part_lse, blockIdx.x, rows, nsplit, out + (size_t)blockIdx.x * D,
-				      lse + blockIdx.x);
+	if (mode == 3 || mode == 4) {
+		// mode 4 (msa_dense_fwd90's split tail): row r goes to out row rowmap[r], or nowhere (-1)
+		const int at = mode == 4 && blockIdx.x < rows ? rowmap[blockIdx.x] : (int)blockIdx.x;
+		if (blockIdx.x < rows && at >= 0)
+			merge_row_cta(part_o, part_lse, blockIdx.x, rows, nsplit, out + (size_t)at * D, lse + at);
 		return;
 	}
 	const int row = blockIdx.x * 4 + threadIdx.x / 32, lane = threadIdx.x % 32;

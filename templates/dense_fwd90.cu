@@ -12,6 +12,15 @@
 // wgmma chain O += P V.  Within a warpgroup S of the next tile is issued
 // with P V of the current one, so the softmax overlaps the products; the
 // two consumer warpgroups interleave on top of that.
+//
+// Split tail (persistent, non-causal): when the items do not fill the last
+// wave of CTAs, the last ntail = items - nfull items are each split over
+// tsplit key ranges.  Such a part writes its rows' partial (o, lse) in fp32
+// ([tsplit][ntail * 128 rows]); part 0 also writes each row's output index
+// (token * Hq + head, -1 past q_len) to rowmap, and msa_combine (mode 4)
+// merges them.  The last wave then takes a share of an item instead of a
+// whole one (at 8K non-causal, 4096 items on 132 SMs: 31 waves and 4
+// items).
 #include "attn.cuh"
 #include "hopper.cuh"
 
@@ -44,7 +53,8 @@ extern "C" __global__ void __launch_bounds__(NTHREADS, 1)
 msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_t tk,
 		const __grid_constant__ tmap_t tv, out_t *__restrict__ out, float *__restrict__ lse,
 		const int *__restrict__ cu_q, const int *__restrict__ cu_kv, float scale_log2,
-		float out_scale, int causal, int mtiles, int batch, int *__restrict__ ctr)
+		float out_scale, int causal, int mtiles, int batch, int *__restrict__ ctr, int nfull,
+		int tsplit, float *__restrict__ part_o, float *__restrict__ part_lse, int *__restrict__ rowmap)
 {
 	extern __shared__ __align__(1024) unsigned char smem_raw[];
 	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u;
@@ -76,13 +86,23 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 	// tiles with the most keys come first, and an SM that runs ahead takes
 	// more.  The last CTA out zeroes the counter for the next launch.
 #if PERSIST
-	const int nitems = mtiles * MSA_HQ * batch;
+	const int nitems = nfull + (mtiles * MSA_HQ * batch - nfull) * tsplit;
 #endif
 	struct work {
 		int hq, hk, q0, q_len, k0, kv_len, m0, shift, ntiles;
+		int kt0;	// first key tile (a split-tail part starts inside the item)
+		int part;	// split-tail part (0 .. tsplit-1), or -1: a whole item
+		int tail;	// split-tail item (0 .. ntail-1)
 	};
 	auto decode = [&](int i, work &w) {
+		w.part = -1;
+		w.tail = 0;
 #if PERSIST
+		if (i >= nfull) {
+			w.tail = (i - nfull) / tsplit;
+			w.part = (i - nfull) % tsplit;
+			i = nfull + w.tail;
+		}
 		const int r = i / MSA_G, t = r % mtiles, hk = r / mtiles % MSA_HKV, b = r / mtiles / MSA_HKV;
 		const int tile = causal ? mtiles - 1 - t : t;
 		w.hq = hk * MSA_G + i % MSA_G;
@@ -102,6 +122,12 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 		if (causal)
 			kend = min(w.kv_len, w.shift + min(w.m0 + BM, w.q_len));
 		w.ntiles = kend > 0 ? (kend + BN - 1) / BN : 0;
+		w.kt0 = 0;
+		if (w.part >= 0) {	// key tiles [kt0, kt1) of the item
+			const int kt1 = (w.part + 1) * w.ntiles / tsplit;
+			w.kt0 = w.part * w.ntiles / tsplit;
+			w.ntiles = kt1 - w.kt0;
+		}
 		if (w.m0 >= w.q_len)
 			w.ntiles = -1;	// no rows: nothing to do
 	};
@@ -154,8 +180,8 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 			load_q(w);
 #endif
 			for (int it = 0; it < w.ntiles; it++, g++) {
-				load(g, w.k0 + it * BN, w.hk, &tk, sk, bkf, bke);
-				load(g, w.k0 + it * BN, w.hk, &tv, sv, bvf, bve);
+				load(g, w.k0 + (w.kt0 + it) * BN, w.hk, &tk, sk, bkf, bke);
+				load(g, w.k0 + (w.kt0 + it) * BN, w.hk, &tv, sv, bvf, bve);
 			}
 		}
 #if PERSIST
@@ -193,8 +219,11 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 		decode(item, w);
 		if (w.ntiles <= 0)
 			mbar_arrive(bqe);
-		if (w.ntiles < 0)
+		if (w.ntiles < 0) {	// no rows; a split-tail item's rows go nowhere
+			for (int h = 0; h < 2 && w.part == 0 && lane % 4 == 0; h++)
+				rowmap[w.tail * BM + cw * 64 + warp * 16 + lane / 4 + h * 8] = -1;
 			continue;
+		}
 #else
 		if (j > 0)
 			break;
@@ -207,7 +236,7 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 		const int rbase = w.m0 + cw * 64;		// this warpgroup's first row
 		const int row_a = rbase + warp * 16 + lane / 4;	// this thread's two rows
 		const int lim_a = causal ? w.shift + row_a : w.kv_len - 1;
-		const int ntiles = w.ntiles, kv_len = w.kv_len, shift = w.shift;
+		const int ntiles = w.ntiles, kv_len = w.kv_len, shift = w.shift, kt0 = w.kt0;
 		float o[D / 8][4];
 		zero_acc<D>(o);
 		row_state st;
@@ -216,7 +245,7 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 		// the warpgroup's rows pay for the per-score test.  The softmax
 		// scales the logits inside its exp2.
 		auto mask = [&](float (&sc)[BN / 8][4], int it) {
-			const int n0 = it * BN;
+			const int n0 = (kt0 + it) * BN;
 			if (!(n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + rbase)))
 				scale_mask<BN>(sc, 1.f, lane, [&](int half, int col) {
 					const int j = n0 + col;
@@ -297,6 +326,26 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 			mbar_arrive(bve + 8 * ((g + ntiles - 1) % NST));
 			g += ntiles;
 		}
-		store_dense_rows<D, MSA_DT_OUT>(st, o, row_a, w.q_len, w.q0, w.hq, out_scale, out, lse, lane);
+		if (w.part < 0) {
+			store_dense_rows<D, MSA_DT_OUT>(st, o, row_a, w.q_len, w.q0, w.hq, out_scale, out, lse,
+							lane);
+			continue;
+		}
+		// a split-tail part: every row's partial (zeros and -inf when the
+		// range saw no key), and from part 0 the rows' output indices
+		const size_t trows = (size_t)(mtiles * MSA_HQ * batch - nfull) * BM;
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			float inv;
+			const float l = row_finish(st, h, inv);
+			const int row = row_a + h * 8;
+			const size_t tr = (size_t)w.tail * BM + (row - w.m0), at = w.part * trows + tr;
+			store_row_f32<D>(o, h, inv * out_scale, part_o + at * D, lane);
+			if (lane % 4 == 0) {
+				part_lse[at] = l;
+				if (w.part == 0)
+					rowmap[tr] = row < w.q_len ? (w.q0 + row) * MSA_HQ + w.hq : -1;
+			}
+		}
 	}
 }

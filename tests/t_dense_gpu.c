@@ -16,6 +16,7 @@ typedef struct dcase {
 	int hq, hkv, d, fp16, causal, bm, bn;	/* bm 0: the plan's own kernel (wgmma on sm_90a) */
 	int batch, max_q, max_extra;	/* q_len in 1..max_q, kv_len = q_len + 0..max_extra */
 	int sched1;	/* wgmma kernel: 0 the default schedule, else sched + 1 (ping-pong, persistent) */
+	int tail;	/* non-causal persistent wgmma kernel: split this many last items (MSAGEN_DENSE_TAIL) */
 } dcase;
 
 static int run_case(gpu_env *env, const dcase *c, ref_rng *rng, int idx)
@@ -80,9 +81,19 @@ static int run_case(gpu_env *env, const dcase *c, ref_rng *rng, int idx)
 			ok(p->wgmma == (p->max_q > 64), "%s: the sm_90a plan takes the wgmma kernel iff a request "
 			   "has > 64 queries (max %d: %s)", name, p->max_q, p->wgmma ? "wgmma" : "mma");
 	}
+	char tail[16];
+	msa_fmt(tail, sizeof tail, "%d", c->tail);
+	if (c->tail)
+		setenv("MSAGEN_DENSE_TAIL", tail, 1);
+	if (rc == MSA_OK && c->tail && env->cc == 90) {
+		int nfull = 0, tsplit = 0, split = !p->wgmma || msa_dense_plan_tail(p, &nfull, &tsplit);
+		ok(split, "%s: the wgmma launch splits its last %d items (%d whole, %d parts each%s)", name, c->tail,
+		   nfull, tsplit, p->wgmma ? "" : "; mma kernel");
+	}
 	if (rc == MSA_OK)
 		rc = msa_dense_run(p, (void *)q.dev, (void *)k.dev, (void *)v.dev, (void *)o.dev,
 				   (float *)lse.dev, NULL);
+	unsetenv("MSAGEN_DENSE_TAIL");
 	if (rc == MSA_OK)
 		rc = gpu_sync(env);
 	if (rc != MSA_OK) {
@@ -101,9 +112,10 @@ static int run_case(gpu_env *env, const dcase *c, ref_rng *rng, int idx)
 			lerr = fabs(got_l[i] - ref_l[i]);
 	}
 	pass = ref_all_finite(got_o, nq) && err <= 1e-2 && lse_ok && lerr <= 1e-3 && !isnan(lerr);
-	ok(pass, "%s: %s Hq=%d Hkv=%d D=%d %s %s bm=%d bn=%d sched=%d batch=%d tq=%d tkv=%d: rel err %.2e, lse err %.2e",
-	   name, c->fp16 ? "fp16" : "bf16", c->hq, c->hkv, c->d, c->causal ? "causal" : "full",
-	   p && p->wgmma ? "wgmma" : "mma", c->bm, c->bn, p && p->wgmma ? p->k->tune[1] : -1, c->batch, cu_q[c->batch], cu_kv[c->batch], err, lerr);
+	ok(pass, "%s: %s Hq=%d Hkv=%d D=%d %s %s bm=%d bn=%d sched=%d tail=%d batch=%d tq=%d tkv=%d: rel err %.2e, "
+	   "lse err %.2e", name, c->fp16 ? "fp16" : "bf16", c->hq, c->hkv, c->d, c->causal ? "causal" : "full",
+	   p && p->wgmma ? "wgmma" : "mma", c->bm, c->bn, p && p->wgmma ? p->k->tune[1] : -1, c->tail, c->batch,
+	   cu_q[c->batch], cu_kv[c->batch], err, lerr);
 out:
 	msa_dense_plan_free(p);
 	msa_module_free(m);
@@ -146,29 +158,35 @@ static void check_errors(gpu_env *env)
 int main(void)
 {
 	static const dcase cases[] = {
-		{4, 2, 64, 0, 1, 64, 64, 3, 200, 150, 0},
-		{8, 2, 128, 0, 1, 64, 64, 2, 300, 500, 0},
-		{16, 1, 128, 0, 1, 128, 64, 2, 257, 100, 0},
-		{4, 4, 128, 1, 1, 64, 32, 3, 130, 70, 0},
-		{8, 1, 64, 0, 0, 128, 32, 4, 100, 200, 0},
-		{16, 4, 128, 1, 0, 64, 64, 2, 190, 190, 0},
-		{4, 1, 128, 0, 1, 64, 64, 1, 1, 3000, 0},	/* decode-like: one query, long kv */
-		{2, 2, 64, 0, 1, 128, 64, 1, 1000, 3000, 0},	/* one long request */
+		{4, 2, 64, 0, 1, 64, 64, 3, 200, 150, 0, 0},
+		{8, 2, 128, 0, 1, 64, 64, 2, 300, 500, 0, 0},
+		{16, 1, 128, 0, 1, 128, 64, 2, 257, 100, 0, 0},
+		{4, 4, 128, 1, 1, 64, 32, 3, 130, 70, 0, 0},
+		{8, 1, 64, 0, 0, 128, 32, 4, 100, 200, 0, 0},
+		{16, 4, 128, 1, 0, 64, 64, 2, 190, 190, 0, 0},
+		{4, 1, 128, 0, 1, 64, 64, 1, 1, 3000, 0, 0},	/* decode-like: one query, long kv */
+		{2, 2, 64, 0, 1, 128, 64, 1, 1000, 3000, 0, 0},	/* one long request */
 		/* the plan's kernel: on sm_90a the wgmma one when a request has > 64 queries */
-		{8, 2, 128, 0, 1, 0, 0, 3, 400, 300, 0},
-		{16, 4, 128, 1, 1, 0, 0, 4, 300, 0, 0},
-		{4, 1, 64, 0, 1, 0, 0, 3, 500, 200, 0},
-		{8, 8, 64, 1, 0, 0, 0, 3, 300, 300, 0},
-		{16, 2, 128, 0, 0, 0, 0, 5, 200, 90, 0},
-		{4, 2, 128, 0, 1, 0, 0, 1, 2100, 3000, 0},	/* one long request, kv > q */
-		{8, 1, 128, 1, 0, 0, 0, 2, 129, 1, 0},
+		{8, 2, 128, 0, 1, 0, 0, 3, 400, 300, 0, 0},
+		{16, 4, 128, 1, 1, 0, 0, 4, 300, 0, 0, 0},
+		{4, 1, 64, 0, 1, 0, 0, 3, 500, 200, 0, 0},
+		{8, 8, 64, 1, 0, 0, 0, 3, 300, 300, 0, 0},
+		{16, 2, 128, 0, 0, 0, 0, 5, 200, 90, 0, 0},
+		{4, 2, 128, 0, 1, 0, 0, 1, 2100, 3000, 0, 0},	/* one long request, kv > q */
+		{8, 1, 128, 1, 0, 0, 0, 2, 129, 1, 0, 0},
 		/* every wgmma schedule: neither, ping-pong, persistent, both */
-		{8, 2, 128, 0, 1, 0, 0, 4, 700, 300, 1},
-		{8, 2, 128, 1, 0, 0, 0, 3, 500, 200, 2},
-		{16, 4, 64, 0, 1, 0, 0, 5, 900, 100, 3},
-		{4, 1, 128, 0, 0, 0, 0, 2, 1500, 50, 3},
-		{8, 2, 128, 0, 1, 0, 0, 6, 600, 300, 4},
-		{16, 4, 128, 0, 0, 0, 0, 3, 800, 600, 4},
+		{8, 2, 128, 0, 1, 0, 0, 4, 700, 300, 1, 0},
+		{8, 2, 128, 1, 0, 0, 0, 3, 500, 200, 2, 0},
+		{16, 4, 64, 0, 1, 0, 0, 5, 900, 100, 3, 0},
+		{4, 1, 128, 0, 0, 0, 0, 2, 1500, 50, 3, 0},
+		{8, 2, 128, 0, 1, 0, 0, 6, 600, 300, 4, 0},
+		{16, 4, 128, 0, 0, 0, 0, 3, 800, 600, 4, 0},
+		/* non-causal split tail: the last items split over key ranges, then
+		 * merged (some parts see no key; of the last 40 items some have no rows) */
+		{8, 2, 128, 0, 0, 0, 0, 3, 700, 400, 4, 5},
+		{16, 4, 64, 1, 0, 0, 0, 2, 500, 300, 3, 2},
+		{4, 1, 128, 0, 0, 0, 0, 4, 300, 2000, 4, 40},
+		{8, 1, 128, 0, 0, 0, 0, 1, 1000, 3000, 4, 1},
 	};
 	gpu_env env;
 	ref_rng rng;
@@ -178,7 +196,7 @@ int main(void)
 	rng = ref_rng_new(env.seed);
 	int nw = 0;
 	for (int i = 0; i < MSA_COUNT(cases); i++)
-		nw += !cases[i].bm && env.cc == 90;
+		nw += (!cases[i].bm && env.cc == 90) + (cases[i].tail && env.cc == 90);
 	plan(7 + MSA_COUNT(cases) + nw);
 	check_errors(&env);
 	for (int i = 0; i < MSA_COUNT(cases); i++)

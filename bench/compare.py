@@ -222,6 +222,20 @@ def bench_msa(tab, layer, n, results, dense_ms):
     tab.add("msa", "whole MSA prefill", size, t_all, "", "dense cuDNN causal",
             dense_ms / t_all if dense_ms else None)
     results.setdefault("msa", {})[n] = t_all
+    if dense_ms and n <= 131072:
+        # The same, in turns with cuDNN dense causal on this layer's heads:
+        # the two run in one thermal state (the row above follows seconds
+        # of other work, the dense row came earlier).
+        qt = x["q"].transpose(0, 1).unsqueeze(0)
+        kt = x["k"].repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
+        vt = x["v"].repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
+        got = interleaved_ms({"msa": lambda: plan.attention(x["qi"], x["ki"], x["q"], x["k"], x["v"], out=out,
+                                                            lse=lse),
+                              "cudnn": lambda: sdpa("cudnn", qt, kt, vt, True)}, rounds=3 if n > 32768 else 5)
+        tab.add("msa", "whole MSA prefill, in turns with cuDNN", size, got["msa"], "",
+                f"dense cuDNN causal in turns ({got['cudnn']:.1f} ms)", got["cudnn"] / got["msa"])
+        results.setdefault("msa_turns", {})[n] = (got["msa"], got["cudnn"])
+        del qt, kt, vt
     return ids, x, plan
 
 
@@ -619,6 +633,8 @@ def main():
         dn = results.get("dense_cudnn", {}).get(n) or (results.get("dense_cudnn", {}).get(131072, 0) * (n / 131072) ** 2)
         if dn:
             series.setdefault("MSA prefill vs dense cuDNN", []).append((n, dn / t))
+    for n, (t, dn) in results.get("msa_turns", {}).items():
+        series.setdefault("MSA prefill vs dense cuDNN, in turns", []).append((n, dn / t))
     for (b, ctx), sp in results.get("decode", {}).items():
         if b in (1, 8):
             series.setdefault(f"MSA decode b{b} vs dense decode", []).append((ctx, sp))

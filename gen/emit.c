@@ -489,10 +489,13 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 		*smem = (rows + 4 * 64) * l->head_dim * 2 + (1024 + l->topk * (l->block / 64 + 1) + 1) * 4;
 		return;
 	}
-	case MSA_K_DENSE_FWD90:	/* 1 KB alignment, Q, stages of K and V, barriers */
+	case MSA_K_DENSE_FWD90: {	/* 1 KB alignment, Q buffers, stages of K and V, barriers, slots */
+		int tile = 128 * l->head_dim * 2, st = v->tune[0];
+		int nqb = 1024 + 2 * tile + 2 * st * tile + 8 * (4 + 4 * st) + 8 <= 232448 ? 2 : 1;
 		*threads = 384;
-		*smem = 1024 + 128 * l->head_dim * 2 * (1 + 2 * v->tune[0]) + 8 * (3 + 4 * v->tune[0]);
+		*smem = 1024 + tile * (nqb + 2 * st) + 8 * (2 * nqb + 4 * st) + 4 * nqb;
 		return;
+	}
 	case MSA_K_SPARSE_KVO90: {
 		int tb = 128 * l->head_dim * 2, qt = 128 / (l->group ? l->group : 1);
 		if (l->group >= 8) {	/* 1 KB alignment, Q stages, two of K and V, two chunk slots, barriers */

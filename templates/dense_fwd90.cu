@@ -11,7 +11,10 @@
 // (exp2, scale folded in) P stays in registers as the A operand of the
 // wgmma chain O += P V.  Within a warpgroup S of the next tile is issued
 // with P V of the current one, so the softmax overlaps the products; the
-// two consumer warpgroups interleave on top of that.
+// two consumer warpgroups interleave on top of that.  Persistent CTAs keep
+// that pipeline going from one item to the next: Q has two buffers (when
+// shared memory holds them), and S of the next item's first tile is issued
+// with P V of this item's last one, before this item's rows are stored.
 //
 // Split tail (persistent, non-causal): when the items do not fill the last
 // wave of CTAs, the last ntail = items - nfull items are each split over
@@ -39,13 +42,15 @@
 #define NTHREADS 384
 #define QBYTES (BM * D * 2)
 #define KVBYTES (BN * D * 2)
+// Q buffers: two when they fit beside the ring (the generator's size, gen/emit.c, agrees)
+#define NQB (1024 + 2 * QBYTES + 2 * NST * KVBYTES + 8 * (4 + 4 * NST) + 8 <= 232448 ? 2 : 1)
 
 typedef dtype_traits<MSA_DT_OUT>::T out_t;
 
 static_assert(MSA_DT_Q == MSA_DT_KV && MSA_DT_Q != 2, "dense_fwd90: q and kv of one 16-bit type");
 static_assert(D == 64 || D == 128, "dense_fwd90: head dim 64 or 128");
 #ifdef MSA_SMEM_BYTES
-static_assert(1024 + QBYTES + 2 * NST * KVBYTES + 8 * (3 + 4 * NST) <= MSA_SMEM_BYTES,
+static_assert(1024 + NQB * QBYTES + 2 * NST * KVBYTES + 8 * (2 * NQB + 4 * NST) + 4 * NQB <= MSA_SMEM_BYTES,
 	      "dense_fwd90: generator's shared-memory size is too small");
 #endif
 
@@ -58,17 +63,19 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 {
 	extern __shared__ __align__(1024) unsigned char smem_raw[];
 	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u;
-	const u32 sk = sq + QBYTES, sv = sk + NST * KVBYTES, sb = sv + NST * KVBYTES;
-	// barriers: q full, q empty, k full[NST], v full[NST], k empty[NST], v empty[NST]
-	const u32 bq = sb, bqe = sb + 8, bkf = sb + 16, bvf = bkf + 8 * NST, bke = bvf + 8 * NST,
+	const u32 sk = sq + NQB * QBYTES, sv = sk + NST * KVBYTES, sb = sv + NST * KVBYTES;
+	// barriers: q full[NQB], q empty[NQB], k full[NST], v full[NST], k empty[NST], v empty[NST]
+	const u32 bq = sb, bqe = sb + 8 * NQB, bkf = sb + 16 * NQB, bvf = bkf + 8 * NST, bke = bvf + 8 * NST,
 		  bve = bke + 8 * NST;
-	// the work item the producer hands the consumers (persistent)
+	// the work items the producer hands the consumers (persistent), one a Q buffer
 	volatile int *slot = reinterpret_cast<volatile int *>(smem_raw + (bve + 8 * NST - smem_u32(smem_raw)));
 	const int wg = threadIdx.x / 128;
 
 	if (threadIdx.x == 0) {
-		mbar_init(bq, 1);
-		mbar_init(bqe, 256);
+		for (int b = 0; b < NQB; b++) {
+			mbar_init(bq + 8 * b, 1);
+			mbar_init(bqe + 8 * b, 256);
+		}
 		for (int s = 0; s < NST; s++) {
 			mbar_init(bkf + 8 * s, 1);
 			mbar_init(bvf + 8 * s, 1);
@@ -90,6 +97,7 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 #endif
 	struct work {
 		int hq, hk, q0, q_len, k0, kv_len, m0, shift, ntiles;
+		int buf;	// its Q buffer
 		int kt0;	// first key tile (a split-tail part starts inside the item)
 		int part;	// split-tail part (0 .. tsplit-1), or -1: a whole item
 		int tail;	// split-tail item (0 .. ntail-1)
@@ -150,34 +158,36 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 			for (int a = 0; a < D / 64; a++)
 				tma_load_3d(ring + s * KVBYTES + a * BN * 128, map, full + 8 * s, a * 64, hk, key);
 		};
-		auto load_q = [&](const work &w) {
-			mbar_expect_tx(bq, QBYTES);
+		auto load_q = [&](const work &w, int b) {
+			mbar_expect_tx(bq + 8 * b, QBYTES);
 #pragma unroll
 			for (int a = 0; a < D / 64; a++)
-				tma_load_3d(sq + a * BM * 128, &tq, bq, a * 64, w.hq, w.q0 + w.m0);
+				tma_load_3d(sq + b * QBYTES + a * BM * 128, &tq, bq + 8 * b, a * 64, w.hq, w.q0 + w.m0);
 		};
 		int g = 0;
 		work w;
 #if PERSIST
-		// Item j (the last one -1: no more) goes to the slot once the
-		// consumers are done with item j - 1's Q; the Q barrier completes
-		// by Q's bytes, or at once for an item without keys.
+		// Item j (the last one -1: no more) goes to slot j % NQB once the
+		// consumers are done with item j - NQB's Q in that buffer; the Q
+		// barrier completes by Q's bytes, or at once for an item without
+		// keys.
 		for (int j = 0, item = blockIdx.x;; j++, item = gridDim.x + atomicAdd(ctr, 1)) {
+			const int b = j % NQB;
 			if (item < nitems)
 				decode(item, w);
-			if (j > 0)
-				mbar_wait(bqe, (j - 1) & 1);
-			*slot = item < nitems ? item : -1;
+			if (j >= NQB)
+				mbar_wait(bqe + 8 * b, (j / NQB - 1) & 1);
+			slot[b] = item < nitems ? item : -1;
 			if (item < nitems && w.ntiles > 0)
-				load_q(w);
+				load_q(w, b);
 			else
-				mbar_arrive(bq);
+				mbar_arrive(bq + 8 * b);
 			if (item >= nitems)
 				break;
 #else
 		decode(0, w);
 		if (w.ntiles > 0) {
-			load_q(w);
+			load_q(w, 0);
 #endif
 			for (int it = 0; it < w.ntiles; it++, g++) {
 				load(g, w.k0 + (w.kt0 + it) * BN, w.hk, &tk, sk, bkf, bke);
@@ -196,7 +206,6 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 	setmaxnreg_inc<232>();
 
 	const int cw = wg - 1, lane = threadIdx.x % 32, warp = (threadIdx.x / 32) % 4;
-	const u32 qtile = sq + cw * 64 * 128;
 #if PINGPONG
 	// Warpgroup cw issues its products after barrier 1 + cw, then lets the
 	// other one go: one warpgroup's softmax runs under the other's products.
@@ -208,144 +217,232 @@ msa_dense_fwd90(const __grid_constant__ tmap_t tq, const __grid_constant__ tmap_
 	auto turn = [&]() {};
 	auto pass = [&]() {};
 #endif
-	int g = 0;
-	for (int j = 0;; j++) {
-		work w;
+	// The next item (false: none): its slot once its Q barrier completes.
+	int j = 0;
+	auto fetch = [&](work &w) {
 #if PERSIST
-		mbar_wait(bq, j & 1);
-		const int item = *slot;
+		const int b = j % NQB;
+		mbar_wait(bq + 8 * b, (j / NQB) & 1);
+		const int item = slot[b];
 		if (item < 0)
-			break;
+			return false;
 		decode(item, w);
+		w.buf = b;
 		if (w.ntiles <= 0)
-			mbar_arrive(bqe);
-		if (w.ntiles < 0) {	// no rows; a split-tail item's rows go nowhere
-			for (int h = 0; h < 2 && w.part == 0 && lane % 4 == 0; h++)
-				rowmap[w.tail * BM + cw * 64 + warp * 16 + lane / 4 + h * 8] = -1;
-			continue;
-		}
+			mbar_arrive(bqe + 8 * b);
 #else
 		if (j > 0)
-			break;
+			return false;
 		decode(0, w);
-		if (w.ntiles < 0)
-			break;
+		w.buf = 0;
 		if (w.ntiles > 0)
 			mbar_wait(bq, 0);
 #endif
-		const int rbase = w.m0 + cw * 64;		// this warpgroup's first row
-		const int row_a = rbase + warp * 16 + lane / 4;	// this thread's two rows
-		const int lim_a = causal ? w.shift + row_a : w.kv_len - 1;
-		const int ntiles = w.ntiles, kv_len = w.kv_len, shift = w.shift, kt0 = w.kt0;
-		float o[D / 8][4];
-		zero_acc<D>(o);
-		row_state st;
-		row_state_init(st);
-		// Mask S of tile it (keys n0 ..): only tiles not wholly visible to
-		// the warpgroup's rows pay for the per-score test.  The softmax
-		// scales the logits inside its exp2.
-		auto mask = [&](float (&sc)[BN / 8][4], int it) {
-			const int n0 = (kt0 + it) * BN;
-			if (!(n0 + BN <= kv_len && (!causal || n0 + BN - 1 <= shift + rbase)))
-				scale_mask<BN>(sc, 1.f, lane, [&](int half, int col) {
-					const int j = n0 + col;
-					return j < kv_len && j <= lim_a + (causal ? half * 8 : 0);
-				});
-		};
-		auto issue_qk = [&](float (&sc)[BN / 8][4], int it) {
-			const int s = (g + it) % NST;
-			mbar_wait(bkf + 8 * s, ((g + it) / NST) & 1);
-			wgmma_fence();
-			wg_qk<D, BM>(sc, qtile, sk + s * KVBYTES);
-			wgmma_commit();
-		};
-		auto issue_pv = [&](const u32 (&pa)[BN / 16][4], int it) {
-			const int s = (g + it) % NST;
-			mbar_wait(bvf + 8 * s, ((g + it) / NST) & 1);
-			wgmma_fence();
-			wg_pv<D, BN>(o, pa, sv + s * KVBYTES, 1);
-			wgmma_commit();
-		};
-		// S of tile it is in: free its K stage, and Q after the last tile.
-		auto s_done = [&](int it) {
-			mbar_arrive(bke + 8 * ((g + it) % NST));
-			if (it == ntiles - 1)
-				mbar_arrive(bqe);
-		};
-
-		// Software pipeline: S of tile it runs on the tensor cores together
-		// with P V of tile it-1; the softmax of tile it waits only for S,
-		// and the rescale of O (by tile it's new max) only for P V.
-		u32 pa[BN / 16][4];
-		float sc[BN / 8][4], alpha[2];
-		if (ntiles > 0) {
-			turn();
-			issue_qk(sc, 0);
-			pass();
-			wgmma_wait<0>();
-			reg_fence<BN / 2>(&sc[0][0]);
-			s_done(0);
-			mask(sc, 0);
-			softmax_step<BN, MSA_DT_Q, true>(sc, st, pa, alpha, scale_log2);
-		}
-		// One step: S of tile it with P V of tile it-1 (P in pin); tile
-		// it's P goes to pout.  Two P buffers alternate, so no register is
-		// copied.
-		auto step = [&](int it, const u32 (&pin)[BN / 16][4], u32 (&pout)[BN / 16][4]) {
-			turn();
-			issue_qk(sc, it);
-			issue_pv(pin, it - 1);
-			pass();
-			wgmma_wait<1>();
-			reg_fence<BN / 2>(&sc[0][0]);
-			s_done(it);
-			mask(sc, it);
-			softmax_step<BN, MSA_DT_Q, true>(sc, st, pout, alpha, scale_log2);
-			wgmma_wait<0>();
-			reg_fence<D / 2>(&o[0][0]);
-			mbar_arrive(bve + 8 * ((g + it - 1) % NST));
-			// most tiles leave every row's max where it was
-			if (__any_sync(~0u, alpha[0] != 1.f || alpha[1] != 1.f))
-				rescale_rows<D>(o, alpha);
-		};
-		u32 pb[BN / 16][4];
-		for (int it = 1; it < ntiles; it += 2) {
-			step(it, pa, pb);
-			if (it + 1 < ntiles)
-				step(it + 1, pb, pa);
-		}
-		if (ntiles > 0) {
-			turn();
-			if ((ntiles - 1) % 2)
-				issue_pv(pb, ntiles - 1);
-			else
-				issue_pv(pa, ntiles - 1);
-			pass();
-			wgmma_wait<0>();
-			reg_fence<D / 2>(&o[0][0]);
-			mbar_arrive(bve + 8 * ((g + ntiles - 1) % NST));
-			g += ntiles;
-		}
-		if (w.part < 0) {
-			store_dense_rows<D, MSA_DT_OUT>(st, o, row_a, w.q_len, w.q0, w.hq, out_scale, out, lse,
-							lane);
-			continue;
-		}
-		// a split-tail part: every row's partial (zeros and -inf when the
-		// range saw no key), and from part 0 the rows' output indices
-		const size_t trows = (size_t)(mtiles * MSA_HQ * batch - nfull) * BM;
+		j++;
+		return true;
+	};
+	// Mask S of tile it of item w: only tiles not wholly visible to the
+	// warpgroup's rows pay for the per-score test.  The softmax scales the
+	// logits inside its exp2.
+	auto mask = [&](const work &w, float (&sc)[BN / 8][4], int it) {
+		const int n0 = (w.kt0 + it) * BN, rbase = w.m0 + cw * 64;
+		const int lim_a = causal ? w.shift + rbase + warp * 16 + lane / 4 : w.kv_len - 1;
+		if (!(n0 + BN <= w.kv_len && (!causal || n0 + BN - 1 <= w.shift + rbase)))
+			scale_mask<BN>(sc, 1.f, lane, [&](int half, int col) {
+				const int jj = n0 + col;
+				return jj < w.kv_len && jj <= lim_a + (causal ? half * 8 : 0);
+			});
+	};
+	// S of item w's tile in ring slot gi (counted over all items)
+	auto issue_qk = [&](const work &w, float (&sc)[BN / 8][4], int gi) {
+		const int s = gi % NST;
+		mbar_wait(bkf + 8 * s, (gi / NST) & 1);
+		wgmma_fence();
+		wg_qk<D, BM>(sc, sq + w.buf * QBYTES + cw * 64 * 128, sk + s * KVBYTES);
+		wgmma_commit();
+	};
+	auto issue_pv = [&](float (&o)[D / 8][4], const u32 (&pa)[BN / 16][4], int gi) {
+		const int s = gi % NST;
+		mbar_wait(bvf + 8 * s, (gi / NST) & 1);
+		wgmma_fence();
+		wg_pv<D, BN>(o, pa, sv + s * KVBYTES, 1);
+		wgmma_commit();
+	};
+	// S of tile it (ring slot gi) is in: free its K stage, and Q after the
+	// item's last tile.
+	auto s_done = [&](const work &w, int it, int gi) {
+		mbar_arrive(bke + 8 * (gi % NST));
+		if (it == w.ntiles - 1)
+			mbar_arrive(bqe + 8 * w.buf);
+	};
+	// Item w's rows: store_lse writes their lse (l) and returns the index
+	// of the thread's first row (the second is 8 rows on) and in nrows how
+	// many of the two to store, in out or, for a split-tail part, in its
+	// partials (then both, -inf when the range saw no key; part 0 also
+	// writes the rows' output indices); store_o writes o there, normalised
+	// (inv: 1 / sum).
+	auto store_lse = [&](const work &w, const float (&l)[2], int &nrows) {
+		const int row_a = w.m0 + cw * 64 + warp * 16 + lane / 4;
+		const int trows = (mtiles * MSA_HQ * batch - nfull) * BM;
+		int at0 = -1;
+		nrows = w.part >= 0 ? 2 : (row_a < w.q_len) + (row_a + 8 < w.q_len);
 #pragma unroll
 		for (int h = 0; h < 2; h++) {
-			float inv;
-			const float l = row_finish(st, h, inv);
 			const int row = row_a + h * 8;
-			const size_t tr = (size_t)w.tail * BM + (row - w.m0), at = w.part * trows + tr;
-			store_row_f32<D>(o, h, inv * out_scale, part_o + at * D, lane);
+			if (w.part < 0) {
+				const int at = row < w.q_len ? (w.q0 + row) * MSA_HQ + w.hq : -1;
+				if (at >= 0 && lane % 4 == 0)
+					lse[at] = l[h];
+				at0 = h == 0 ? at : at0;
+				continue;
+			}
+			const int tr = w.tail * BM + (row - w.m0), at = w.part * trows + tr;
+			at0 = h == 0 ? at : at0;
 			if (lane % 4 == 0) {
-				part_lse[at] = l;
+				part_lse[at] = l[h];
 				if (w.part == 0)
 					rowmap[tr] = row < w.q_len ? (w.q0 + row) * MSA_HQ + w.hq : -1;
 			}
 		}
+		return at0;
+	};
+	auto store_o = [&](int at0, int nrows, bool part, const float (&o)[D / 8][4], const float (&inv)[2]) {
+#pragma unroll
+		for (int h = 0; h < 2; h++) {
+			if (h >= nrows)
+				break;
+			if (part)
+				store_row_f32<D>(o, h, inv[h] * out_scale, part_o + (size_t)(at0 + h * 8) * D, lane);
+			else
+				store_row<D, MSA_DT_OUT>(o, h, inv[h] * out_scale,
+							 out + ((size_t)at0 + h * 8 * MSA_HQ) * D, lane);
+		}
+	};
+
+	float o[D / 8][4];
+	row_state st;
+	u32 pa[BN / 16][4], pb[BN / 16][4];
+	float sc[BN / 8][4], alpha[2], l[2], inv[2];
+	// One step of item w: S of tile it with P V of tile it-1 (P in pin);
+	// tile it's P goes to pout.  Two P buffers alternate, so no register is
+	// copied.  The softmax of tile it waits only for S, and the rescale of
+	// O (by tile it's new max) only for P V.
+	auto step = [&](const work &w, int g, int it, const u32 (&pin)[BN / 16][4], u32 (&pout)[BN / 16][4]) {
+		turn();
+		issue_qk(w, sc, g + it);
+		issue_pv(o, pin, g + it - 1);
+		pass();
+		wgmma_wait<1>();
+		reg_fence<BN / 2>(&sc[0][0]);
+		s_done(w, it, g + it);
+		mask(w, sc, it);
+		softmax_step<BN, MSA_DT_Q, true>(sc, st, pout, alpha, scale_log2);
+		wgmma_wait<0>();
+		reg_fence<D / 2>(&o[0][0]);
+		mbar_arrive(bve + 8 * ((g + it - 1) % NST));
+		// most tiles leave every row's max where it was
+		if (__any_sync(~0u, alpha[0] != 1.f || alpha[1] != 1.f))
+			rescale_rows<D>(o, alpha);
+	};
+	int g = 0;		// ring slot of the item's first tile
+	bool started = false;	// the item's first tile is in: S done, its P in pa
+	work w;
+	for (bool more = fetch(w); more;) {
+		if (w.ntiles < 0) {	// no rows; a split-tail item's rows go nowhere
+			for (int h = 0; h < 2 && w.part == 0 && lane % 4 == 0; h++)
+				rowmap[w.tail * BM + cw * 64 + warp * 16 + lane / 4 + h * 8] = -1;
+			more = fetch(w);
+			continue;
+		}
+		if (w.ntiles == 0) {	// no keys: zeros and -inf
+			zero_acc<D>(o);
+			l[0] = l[1] = -MSA_INF;
+			inv[0] = inv[1] = 0.f;
+			int nrows;
+			const int at0 = store_lse(w, l, nrows);
+			store_o(at0, nrows, w.part >= 0, o, inv);
+			more = fetch(w);
+			continue;
+		}
+		if (!started) {
+			zero_acc<D>(o);
+			row_state_init(st);
+			turn();
+			issue_qk(w, sc, g);
+			pass();
+			wgmma_wait<0>();
+			reg_fence<BN / 2>(&sc[0][0]);
+			s_done(w, 0, g);
+			mask(w, sc, 0);
+			softmax_step<BN, MSA_DT_Q, true>(sc, st, pa, alpha, scale_log2);
+		}
+		for (int it = 1; it < w.ntiles; it += 2) {
+			step(w, g, it, pa, pb);
+			if (it + 1 < w.ntiles)
+				step(w, g, it + 1, pb, pa);
+		}
+		// The last tile's P V is still to come: P in pb when the item has
+		// an even count of tiles, else in pa.  The rows' lse (and a split
+		// part's row map) leave now, o once that P V is in.
+		const bool odd = w.ntiles & 1;
+		const int glast = g + w.ntiles - 1;
+#pragma unroll
+		for (int h = 0; h < 2; h++)
+			l[h] = row_finish(st, h, inv[h]);
+		int nrows;
+		const int at0 = store_lse(w, l, nrows);
+		const bool part = w.part >= 0;
+		// With two Q buffers the next item's Q is in by now (it loaded
+		// while this item ran): its first S goes with this P V.
+		work nx;
+		started = false;
+		if (NQB > 1) {
+			more = fetch(nx);
+			started = more && nx.ntiles > 0;
+		}
+		auto fused = [&](const u32 (&pin)[BN / 16][4], u32 (&pout)[BN / 16][4]) {
+			turn();
+			issue_qk(nx, sc, glast + 1);
+			issue_pv(o, pin, glast);
+			pass();
+			wgmma_wait<1>();
+			reg_fence<BN / 2>(&sc[0][0]);
+			s_done(nx, 0, glast + 1);
+			row_state_init(st);
+			mask(nx, sc, 0);
+			softmax_step<BN, MSA_DT_Q, true>(sc, st, pout, alpha, scale_log2);
+			wgmma_wait<0>();
+			reg_fence<D / 2>(&o[0][0]);
+		};
+		if (started && odd) {
+			fused(pa, pb);
+		} else if (started) {
+			fused(pb, pa);
+		} else {
+			turn();
+			if (odd)
+				issue_pv(o, pa, glast);
+			else
+				issue_pv(o, pb, glast);
+			pass();
+			wgmma_wait<0>();
+			reg_fence<D / 2>(&o[0][0]);
+		}
+		mbar_arrive(bve + 8 * (glast % NST));
+		store_o(at0, nrows, part, o, inv);
+		if (NQB == 1)	// one Q buffer: the next Q loaded once this item's last S was done
+			more = fetch(nx);
+		if (started) {
+			zero_acc<D>(o);
+			if (odd) {	// the next item's loop starts from pa
+#pragma unroll
+				for (int i = 0; i < BN / 16; i++)
+#pragma unroll
+					for (int e = 0; e < 4; e++)
+						pa[i][e] = pb[i][e];
+			}
+		}
+		g += w.ntiles;
+		w = nx;
 	}
 }

@@ -60,10 +60,57 @@ static_assert(D == 64 || D == 128, "sparse_kvo90: head dim 64 or 128");
 		const int *__restrict__ count, const int *__restrict__ list,                             \
 		const int2 *__restrict__ tiles, const int *__restrict__ ntiles, int t0,                  \
 		u16 *__restrict__ part_o, float *__restrict__ part_lse
+
+#define MW 10	// ints of tile metadata
+
+// Tile tl's metadata into m: key, group, request, block in the request,
+// request's first key, end of the block's keys, first list index, queries,
+// position shift (the last key token t sees is t + shift), page (paged).
+__device__ __forceinline__ void tile_meta(int *m, int2 tl, int nbt, const int *blk_off, int batch, const int *cu_q,
+					  const int *cu_kv, const int *start, const int *count,
+					  const int *page_table, int pt_stride)
+{
+	const int key = tl.x, gb = key % nbt;
+	const int r = find_request(blk_off, batch, gb);	// last request with blk_off <= gb
+	const int b = gb - blk_off[r], q0 = cu_q[r], q_len = cu_q[r + 1] - q0;
+	const int k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
+	m[0] = key;
+	m[1] = key / nbt;
+	m[2] = r;
+	m[3] = b;
+	m[4] = k0;
+	m[5] = min(kv_len, b * BK + BK);
+	m[6] = tl.y;
+	m[7] = min(QT, start[key] + count[key] - tl.y);
+	m[8] = kv_len - q_len - q0;
+	m[9] = page_table ? page_table[(size_t)r * pt_stride + b] : 0;
+}
+
+// Query i of the tile with metadata m: its list entry (t * K + slot, -1 past
+// the last query) and the last key it sees (-1 for none).
+__device__ __forceinline__ int2 tile_entry(const int *m, int i, const int *list)
+{
+	const int e = i < m[7] ? list[m[6] + i] : -1;
+	return make_int2(e, e < 0 ? -1 : e / K + m[8]);
+}
+
+// K or V of the tile with metadata m by TMA: the contiguous cache's map is
+// [token][head][D] (boxes 64 x 1 head x 128 tokens), the paged one's
+// [page x head][BK][D] (boxes 64 x 128 rows x 1).
+__device__ __forceinline__ void tile_kv_load(u32 dst, const int *m, const tmap_t *map, u32 bar, bool paged)
+{
+	mbar_expect_tx(bar, TBYTES);
+#pragma unroll
+	for (int a = 0; a < D / 64; a++) {
+		if (paged)
+			tma_load_3d(dst + a * (128 * 128), map, bar, a * 64, 0, m[9] * MSA_HKV + m[1]);
+		else
+			tma_load_3d(dst + a * (128 * 128), map, bar, a * 64, m[1], m[4] + m[3] * BK);
+	}
+}
 #if G >= 8
 // ---------------------------------------------------------------- G >= 8
 #define NTHREADS 384
-#define MW 10	// ints of tile metadata
 #define METAW (1 + TPC * (MW + 2 * QT))	// a chunk's slot: tile count, metadata, entries, positions
 #define METAB (2 * 4 * METAW)
 #define BARB (8 * (2 * 3 + 12))
@@ -83,10 +130,8 @@ msa_sparse_kvo90(KVO90_PARAMS)
 	extern __shared__ __align__(1024) unsigned char smem_raw[];
 	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u, sk = sq + NQ * TBYTES, sv = sk + 2 * TBYTES;
 	// Chunk slot: [0] tiles in the chunk (0: no more), then per tile MW
-	// ints (key, group, request, block in the request, request's first key,
-	// end of the block's keys, first list index, queries, position shift,
-	// page), then QT list entries (t * K + slot, -1 past the last query)
-	// per tile, then QT last-visible keys per tile.
+	// ints (tile_meta), then QT list entries per tile, then QT last-visible
+	// keys per tile (tile_entry).
 	int *meta = reinterpret_cast<int *>(smem_raw + (sv + 2 * TBYTES - smem_u32(smem_raw)));
 	const u32 bqf = smem_u32(meta + 2 * METAW), bqe = bqf + 8 * NQ;	// Q stage full, empty
 	const u32 bkf = bqe + 8 * NQ, bke = bkf + 16, bvf = bke + 16, bve = bvf + 16;	// K, V stage full, empty
@@ -120,30 +165,14 @@ msa_sparse_kvo90(KVO90_PARAMS)
 				int *ms = meta + slot * METAW;
 				if (i >= 2)
 					mbar_wait(bme + 8 * slot, ((i >> 1) & 1) ^ 1);
-				if (lane < nt) {
-					int *m = ms + 1 + lane * MW;
-					const int2 tl = tiles[c * TPC + lane];
-					const int key = tl.x, gb = key % nbt;
-					const int r = find_request(blk_off, batch, gb);	// last request with blk_off <= gb
-					const int b = gb - blk_off[r], q0 = cu_q[r], q_len = cu_q[r + 1] - q0;
-					const int k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
-					m[0] = key;
-					m[1] = key / nbt;
-					m[2] = r;
-					m[3] = b;
-					m[4] = k0;
-					m[5] = min(kv_len, b * BK + BK);
-					m[6] = tl.y;
-					m[7] = min(QT, start[key] + count[key] - tl.y);
-					m[8] = kv_len - q_len - q0;	// last visible key of token t: t + shift
-					m[9] = page_table ? page_table[(size_t)r * pt_stride + b] : 0;
-				}
+				if (lane < nt)
+					tile_meta(ms + 1 + lane * MW, tiles[c * TPC + lane], nbt, blk_off, batch, cu_q, cu_kv,
+						  start, count, page_table, pt_stride);
 				__syncwarp();
 				for (int x = lane; x < nt * QT; x += 32) {
-					const int *m = ms + 1 + x / QT * MW;
-					const int e = x % QT < m[7] ? list[m[6] + x % QT] : -1;
-					ms[1 + TPC * MW + x] = e;
-					ms[1 + TPC * (MW + QT) + x] = e < 0 ? -1 : e / K + m[8];
+					const int2 ep = tile_entry(ms + 1 + x / QT * MW, x % QT, list);
+					ms[1 + TPC * MW + x] = ep.x;
+					ms[1 + TPC * (MW + QT) + x] = ep.y;
 				}
 				__syncwarp();
 				if (lane == 0) {
@@ -157,19 +186,6 @@ msa_sparse_kvo90(KVO90_PARAMS)
 			tma_prefetch_map(&tq);
 			tma_prefetch_map(&tk);
 			tma_prefetch_map(&tv);
-			// K or V of a key by TMA: the contiguous cache's map is
-			// [token][head][D] (boxes 64 x 1 head x 128 tokens), the paged
-			// one's [page x head][BK][D] (boxes 64 x 128 rows x 1).
-			auto load_kv = [&](u32 dst, const int *m, const tmap_t *map, u32 bar) {
-				mbar_expect_tx(bar, TBYTES);
-#pragma unroll
-				for (int a = 0; a < D / 64; a++) {
-					if (page_table)
-						tma_load_3d(dst + a * (128 * 128), map, bar, a * 64, 0, m[9] * MSA_HKV + m[1]);
-					else
-						tma_load_3d(dst + a * (128 * 128), map, bar, a * 64, m[1], m[4] + m[3] * BK);
-				}
-			};
 			int u = 0, n = 0;	// tiles and keys so far
 			for (int i = 0;; i++) {
 				const int slot = i & 1;
@@ -198,10 +214,10 @@ msa_sparse_kvo90(KVO90_PARAMS)
 						const int ks = n & 1;
 						if (n >= 2)
 							mbar_wait(bke + 8 * ks, ((n >> 1) & 1) ^ 1);
-						load_kv(sk + ks * TBYTES, m, &tk, bkf + 8 * ks);
+						tile_kv_load(sk + ks * TBYTES, m, &tk, bkf + 8 * ks, page_table);
 						if (n >= 2)
 							mbar_wait(bve + 8 * ks, ((n >> 1) & 1) ^ 1);
-						load_kv(sv + ks * TBYTES, m, &tv, bvf + 8 * ks);
+						tile_kv_load(sv + ks * TBYTES, m, &tv, bvf + 8 * ks, page_table);
 						n++;
 					}
 				}
@@ -347,7 +363,6 @@ msa_sparse_kvo90(KVO90_PARAMS)
 // ---------------------------------------------------------------- G < 8
 #define NTHREADS 256
 #ifdef MSA_SMEM_BYTES
-#define MW 10	// ints of tile metadata
 static_assert(1024 + 3 * TBYTES + 4 * TPC * (MW + 2 * QT) + 24 <= MSA_SMEM_BYTES, "sparse_kvo90: shared memory too small");
 #endif
 
@@ -358,10 +373,8 @@ msa_sparse_kvo90(KVO90_PARAMS)
 	(void)to;
 	extern __shared__ __align__(1024) unsigned char smem_raw[];
 	const u32 sq = (smem_u32(smem_raw) + 1023) & ~1023u, sk = sq + TBYTES, sv = sk + TBYTES;
-	// Per tile j of this CTA: MW ints of metadata (key, group, request, block
-	// in the request, request's first key, end of the block's keys, first
-	// list index, queries, position shift), then QT list entries (t * K +
-	// slot, -1 past the last query) and QT last-visible keys.
+	// Per tile j of this CTA: MW ints of metadata (tile_meta), then QT list
+	// entries and QT last-visible keys (tile_entry).
 	int *meta = reinterpret_cast<int *>(smem_raw + (sv + TBYTES - smem_u32(smem_raw)));
 	int *ents = meta + TPC * MW, *poss = ents + TPC * QT;
 	const u32 bk = smem_u32(poss + TPC * QT), bv = bk + 8;	// K, V landed, one phase per key
@@ -372,23 +385,9 @@ msa_sparse_kvo90(KVO90_PARAMS)
 	if (tbeg >= tend)
 		return;
 
-	if (threadIdx.x < tend - tbeg) {
-		int *m = meta + threadIdx.x * MW;
-		const int2 tl = tiles[tbeg + threadIdx.x];
-		const int key = tl.x, gb = key % nbt;
-		const int r = find_request(blk_off, batch, gb);	// last request with blk_off <= gb
-		const int b = gb - blk_off[r], q0 = cu_q[r], q_len = cu_q[r + 1] - q0;
-		const int k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
-		m[0] = key;
-		m[1] = key / nbt;
-		m[2] = r;
-		m[3] = b;
-		m[4] = k0;
-		m[5] = min(kv_len, b * BK + BK);
-		m[6] = tl.y;
-		m[7] = min(QT, start[key] + count[key] - tl.y);
-		m[8] = kv_len - q_len - q0;	// last visible key of token t: t + shift
-	}
+	if (threadIdx.x < tend - tbeg)
+		tile_meta(meta + threadIdx.x * MW, tiles[tbeg + threadIdx.x], nbt, blk_off, batch, cu_q, cu_kv, start,
+			  count, page_table, pt_stride);
 	if (threadIdx.x == 0) {
 		mbar_init(bk, 1);
 		mbar_init(bv, 1);
@@ -398,30 +397,12 @@ msa_sparse_kvo90(KVO90_PARAMS)
 	}
 	__syncthreads();
 	for (int x = threadIdx.x; x < (tend - tbeg) * QT; x += NTHREADS) {
-		const int *m = meta + x / QT * MW;
-		const int i = x % QT;
-		const int e = i < m[7] ? list[m[6] + i] : -1;
-		ents[x] = e;
-		poss[x] = e < 0 ? -1 : e / K + m[8];
+		const int2 ep = tile_entry(meta + x / QT * MW, x % QT, list);
+		ents[x] = ep.x;
+		poss[x] = ep.y;
 	}
 	__syncthreads();
 
-	// K or V block of tile j by TMA (thread 0): the contiguous cache's map is
-	// [token][head][D] (boxes 64 x 1 head x 128 tokens), the paged one's
-	// [page x head][BK][D] (boxes 64 x 128 rows x 1).
-	auto load_kv = [&](u32 dst, int j, const tmap_t *map, u32 bar) {
-		const int *m = meta + j * MW;
-		const int g = m[1], r = m[2], b = m[3], k0 = m[4];
-		mbar_expect_tx(bar, TBYTES);
-		const int page = page_table ? page_table[(size_t)r * pt_stride + b] : 0;
-#pragma unroll
-		for (int a = 0; a < D / 64; a++) {
-			if (page_table)
-				tma_load_3d(dst + a * (128 * 128), map, bar, a * 64, 0, page * MSA_HKV + g);
-			else
-				tma_load_3d(dst + a * (128 * 128), map, bar, a * 64, g, k0 + b * BK);
-		}
-	};
 	// Q rows of tile j: its queries' G heads of the group, by cp.async.
 	auto load_q = [&](int j) {
 		const int g = meta[j * MW + 1], *ent = ents + j * QT;
@@ -439,8 +420,8 @@ msa_sparse_kvo90(KVO90_PARAMS)
 	load_q(0);
 	cp_async_commit();
 	if (threadIdx.x == 0) {
-		load_kv(sk, 0, &tk, bk);
-		load_kv(sv, 0, &tv, bv);
+		tile_kv_load(sk, meta, &tk, bk, page_table);
+		tile_kv_load(sv, meta, &tv, bv, page_table);
 	}
 	int kv = 0;
 	for (int j = 0; j < tend - tbeg; j++) {
@@ -465,7 +446,7 @@ msa_sparse_kvo90(KVO90_PARAMS)
 			__syncthreads();	// every warpgroup is done with Q and K
 			load_q(j + 1);
 			if (reload && threadIdx.x == 0)
-				load_kv(sk, j + 1, &tk, bk);
+				tile_kv_load(sk, meta + (j + 1) * MW, &tk, bk, page_table);
 		}
 		cp_async_commit();
 
@@ -503,7 +484,7 @@ msa_sparse_kvo90(KVO90_PARAMS)
 		if (reload) {	// every warpgroup must be done with V first
 			__syncthreads();
 			if (threadIdx.x == 0)
-				load_kv(sv, j + 1, &tv, bv);
+				tile_kv_load(sv, meta + (j + 1) * MW, &tv, bv, page_table);
 		}
 
 		const int g = m[1];

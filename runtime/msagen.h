@@ -158,8 +158,10 @@ void msa_module_free(msa_module *mod);
  * kv_len >= q_len for each request when causal (bottom-right aligned).
  * The plan copies what it needs to the device; run only launches, so it can
  * be captured in a CUDA graph.  A plan holds device state that a run uses
- * (on sm_90a, the persistent kernel's work counter), so one plan serves one
- * run at a time: runs on two streams at once need two plans. */
+ * (on sm_90a, the persistent kernel's work counter, and for a non-causal
+ * plan the split tail's partials: SMs x 128 rows x (4 head_dim + 8) bytes,
+ * 8.8 MB on an H100 at head dim 128), so one plan serves one run at a time:
+ * runs on two streams at once need two plans. */
 typedef struct msa_dense_plan msa_dense_plan;
 
 int msa_dense_plan_new(msa_module *mod, int batch, const int *cu_q,

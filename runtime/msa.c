@@ -457,26 +457,25 @@ static int kvo_gather(msa_plan *p, const int32_t *ids, void *stream)
 	const msa_layer *l = &p->mod->layer;
 	msa_ctx *ctx = p->mod->ctx;
 	CUstream s = (CUstream)stream;
-	int nkeys = l->heads_kv * p->nbt, zero = 0, one = 1, t0 = 0;
+	int nkeys = l->heads_kv * p->nbt, pass = 0;	/* msa_gather: 0 counts, 1 fills */
 	long list_stride = (long)p->chunk * l->heads_kv * l->topk;
 	size_t ncount = (size_t)p->npass * nkeys;
 	long nsel = (long)p->total_q * l->heads_kv * l->topk;
 	unsigned gblocks = (unsigned)((nsel + 255) / 256);
-	void *g0[] = {&ids, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->total_q, &p->nbt, &t0, &p->total_q,
-		      &zero, &p->cursor, &p->start, &p->list, &p->chunk, &nkeys};
-	void *g1[] = {&ids, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->total_q, &p->nbt, &t0, &p->total_q,
-		      &one, &p->cursor, &p->start, &p->list, &p->chunk, &nkeys};
+	void *g[] = {&ids, &p->cu_q, &p->cu_kv, &p->blk_off, &p->batch, &p->total_q, &p->nbt, &pass,
+		     &p->cursor, &p->start, &p->list, &p->chunk, &nkeys};
 	void *sc[] = {&p->cursor, &nkeys, &p->start, &p->tiles, &p->max_tiles, &p->ntiles, &list_stride};
 	int rc;
 	if ((rc = msa_cu_check(p->mod->cu->MemsetD32Async(p->cursor, 0, ncount, s), "cuMemsetD32Async",
 			       ctx->err, sizeof ctx->err)) ||
-	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g0, stream)) ||
+	    (rc = msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g, stream)) ||
 	    (rc = msa_launch_fn(ctx, p->k_gather->fn2, "msa_gather_scan", (unsigned)p->npass, 1, 1, 1024, 0, sc,
 				stream)) ||
 	    (rc = msa_cu_check(p->mod->cu->MemsetD32Async(p->cursor, 0, ncount, s), "cuMemsetD32Async",
 			       ctx->err, sizeof ctx->err)))
 		return rc;
-	return msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g1, stream);
+	pass = 1;	/* the launch copies the arguments: the count above keeps pass 0 */
+	return msa_launch_fn(ctx, p->k_gather->fn, "msa_gather", gblocks, 1, 1, 256, 0, g, stream);
 }
 
 /* KV-outer pass `pass` over queries [t0, t1) (its lists gathered by

@@ -4,7 +4,7 @@
 // 128 rows of one MMA tile).  Every pass is gathered at once, before the
 // first pass's attention.
 //
-//   count: one thread per (query, group, slot) of queries [t0, t1)
+//   count: one thread per (query, group, slot)
 //   scan:  one CTA per pass: exclusive scans of its counts and tile counts,
 //          its tile map
 //   fill:  like count, writes each pair into its list
@@ -38,22 +38,21 @@ __device__ __forceinline__ int gather_key(const int *ids, const int *cu_q, const
 }
 
 // Pass 0 counts, pass 1 fills; cursor must be zero before each pass.
-// Query t belongs to KV-outer pass (t - t0) / chunk.
+// Query t belongs to KV-outer pass t / chunk.
 extern "C" __global__ void __launch_bounds__(256)
 msa_gather(const int *__restrict__ ids, const int *__restrict__ cu_q, const int *__restrict__ cu_kv,
-	   const int *__restrict__ blk_off, int batch, int total_q, int nbt, int t0, int t1,
-	   int pass, int *__restrict__ cursor, const int *__restrict__ start, int *__restrict__ list,
-	   int chunk, int nkeys)
+	   const int *__restrict__ blk_off, int batch, int total_q, int nbt, int pass,
+	   int *__restrict__ cursor, const int *__restrict__ start, int *__restrict__ list, int chunk, int nkeys)
 {
 	long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-	long n = (long)(t1 - t0) * MSA_HKV * K;
+	long n = (long)total_q * MSA_HKV * K;
 	if (i >= n)
 		return;
-	int slot = (int)(i % K), g = (int)(i / K % MSA_HKV), t = t0 + (int)(i / K / MSA_HKV);
+	int slot = (int)(i % K), g = (int)(i / K % MSA_HKV), t = (int)(i / K / MSA_HKV);
 	int key = gather_key(ids, cu_q, cu_kv, blk_off, batch, total_q, nbt, t, g, slot);
 	if (key < 0)
 		return;
-	long at = (long)((t - t0) / chunk) * nkeys + key;
+	long at = (long)(t / chunk) * nkeys + key;
 	int pos = atomicAdd(&cursor[at], 1);
 	if (pass == 1)
 		list[start[at] + pos] = t * K + slot;

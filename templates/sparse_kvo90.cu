@@ -137,6 +137,11 @@ msa_sparse_kvo90(KVO90_PARAMS)
 	const u32 bkf = bqe + 8 * NQ, bke = bkf + 16, bvf = bke + 16, bve = bvf + 16;	// K, V stage full, empty
 	const u32 bmf = bve + 16, bme = bmf + 16;	// metadata slot full, empty
 	const int wg = threadIdx.x / 128, lane = threadIdx.x % 32;
+	// Chunk i's slot (tile count, metadata, entries), once it is filled.
+	auto chunk_meta = [&](int i) -> const int * {
+		mbar_wait(bmf + 8 * (i & 1), (i >> 1) & 1);
+		return meta + (i & 1) * METAW;
+	};
 
 	if (threadIdx.x == 0) {
 		for (int s = 0; s < NQ; s++) {
@@ -188,9 +193,7 @@ msa_sparse_kvo90(KVO90_PARAMS)
 			tma_prefetch_map(&tv);
 			int u = 0, n = 0;	// tiles and keys so far
 			for (int i = 0;; i++) {
-				const int slot = i & 1;
-				const int *ms = meta + slot * METAW;
-				mbar_wait(bmf + 8 * slot, (i >> 1) & 1);
+				const int *ms = chunk_meta(i);
 				const int nt = ms[0];
 				if (nt == 0)
 					break;
@@ -239,9 +242,7 @@ msa_sparse_kvo90(KVO90_PARAMS)
 	int u = 0, n = 0;
 	bool store_pending = false;	// this thread's last bulk store may still read its stage
 	for (int i = 0;; i++) {
-		const int slot = i & 1;
-		const int *ms = meta + slot * METAW;
-		mbar_wait(bmf + 8 * slot, (i >> 1) & 1);
+		const int *ms = chunk_meta(i);
 		const int nt = ms[0];
 		if (nt == 0)
 			break;
@@ -351,7 +352,7 @@ msa_sparse_kvo90(KVO90_PARAMS)
 				mbar_arrive(bqe + 8 * s);
 			}
 		}
-		mbar_arrive(bme + 8 * slot);
+		mbar_arrive(bme + 8 * (i & 1));
 	}
 	if (store_pending) {
 		bulk_wait();

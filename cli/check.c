@@ -316,7 +316,8 @@ static void random_batch(const chk_case *c, ref_rng *rng, int *cu_q, int *cu_kv)
 	for (int b = 0; b < c->batch; b++) {
 		int ql = ref_randint(rng, 1, c->max_q);
 		cu_q[b + 1] = cu_q[b] + ql;
-		cu_kv[b + 1] = cu_kv[b] + ql + ref_randint(rng, 0, c->max_extra);
+		cu_kv[b + 1] = cu_kv[b] + ql + ref_randint(rng, c->min_extra <= c->max_extra ? c->min_extra : 0,
+							  c->max_extra);
 	}
 }
 

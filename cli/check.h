@@ -8,12 +8,13 @@
 typedef struct chk_case {
 	int batch;		/* requests, at most 8 */
 	int max_q;		/* q_len uniform in 1..max_q */
-	int max_extra;		/* kv_len = q_len + 0..max_extra */
+	int max_extra;		/* kv_len = q_len + 0..max_extra (or min_extra..max_extra) */
 	int paged;		/* KV in shuffled pages */
 	int nsplit;		/* 0: the plan picks */
 	int mode;		/* msa_batch.sparse_mode of the main plan */
 	size_t kvo_workspace;	/* msa_batch.kvo_workspace (0: default) */
 	double index_amp;	/* index q and k uniform in +-index_amp (0: 1) */
+	int min_extra;		/* kv_len = q_len + min_extra..max_extra (0 when max_extra is less) */
 } chk_case;
 
 typedef struct chk_row {

@@ -54,9 +54,10 @@ static const char usage_check[] =
 	"usage: msagen check SPEC [--seed N] [--cache-dir DIR] [--index-amp A]\n"
 	"\n"
 	"For every layer of SPEC, run each kernel (index scores, top-k, fused index\n"
-	"+ top-k, sparse attention, the whole MSA layer, dense) on the GPU on four\n"
+	"+ top-k, sparse attention, the whole MSA layer, dense) on the GPU on five\n"
 	"random shapes (prefill, chunked prefill over shuffled pages, decode over\n"
-	"pages with split-KV, one-query decode over long contexts) and compare with\n"
+	"pages with split-KV, one-query decode over long contexts, and three\n"
+	"one-query requests of 66K-80K tokens) and compare with\n"
 	"a float64 CPU reference.  Prints one row per kernel and shape; exit status\n"
 	"1 if any fails.  Inputs are fresh random values (page slots no request\n"
 	"fills hold NaN); --seed repeats a run.  Index q and k are uniform in\n"
@@ -321,11 +322,12 @@ static void print_row(void *arg, const chk_row *r)
 static int cmd_check(int argc, char **argv)
 {
 	static const chk_case shapes[] = {
-		{2, 96, 300, 0, 0, 0, 0, 0},	/* prefill, contiguous KV */
-		{3, 64, 1500, 1, 0, 0, 0, 0},	/* chunked prefill over shuffled pages */
-		{3, 8, 3000, 1, 0, 0, 0, 0},	/* decode over pages; the plan splits */
-		{2, 1, 20000, 1, 0, 0, 0, 0},	/* one-query decode: on sm_90a the index kernel
+		{2, 96, 300, 0, 0, 0, 0, 0, 0},	/* prefill, contiguous KV */
+		{3, 64, 1500, 1, 0, 0, 0, 0, 0},	/* chunked prefill over shuffled pages */
+		{3, 8, 3000, 1, 0, 0, 0, 0, 0},	/* decode over pages; the plan splits */
+		{2, 1, 20000, 1, 0, 0, 0, 0, 0},	/* one-query decode: on sm_90a the index kernel
 						   splits and merges its top-k lists itself */
+		{3, 1, 80000, 1, 0, 0, 0, 0, 66000},	/* one-query decode of several long requests */
 	};
 	args a;
 	msa_spec *spec = NULL;

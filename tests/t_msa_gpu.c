@@ -17,6 +17,7 @@ typedef struct mcase {
 	int consumers;	/* index_topk90's consumer warpgroups; 0: the default */
 	int noncausal;	/* 1: causal = false (the dense stage sees every key) */
 	double iamp;	/* index q, k amplitude (0: 1); 96 takes fp8 scores past f16's range */
+	int min_extra;	/* kv_len = q_len + min_extra..max_extra */
 } mcase;
 
 static const char *const dts[] = {"bf16", "fp16", "fp8_e4m3"};
@@ -31,7 +32,8 @@ static void run_case(gpu_env *env, const mcase *c, ref_rng *rng, int idx)
 {
 	char spec[700], tune[96] = "";
 	msa_spec *s = NULL;
-	chk_case cc = {c->batch, c->max_q, c->max_extra, c->paged, c->nsplit, 0, c->kvo_workspace, c->iamp};
+	chk_case cc = {c->batch, c->max_q, c->max_extra, c->paged, c->nsplit, 0, c->kvo_workspace, c->iamp,
+		       c->min_extra};
 	if (c->consumers)
 		msa_fmt(tune, sizeof tune, ", tune = { index_topk90 = { consumers = { %d } } }", c->consumers);
 	if (c->noncausal)
@@ -293,32 +295,37 @@ static void check_index_ties(gpu_env *env, ref_rng *rng)
 int main(void)
 {
 	static const mcase cases[] = {
-		/* g hkv d  di  bk  k  L S dt pg ns batch maxq extra kvo_ws consumers noncausal iamp */
-		{16, 1, 128, 128, 128, 4, 1, 0, 0, 0, 0, 2, 200, 500, 0, 0, 0, 0},
-		{1, 4, 64, 64, 64, 8, 1, 0, 0, 0, 0, 3, 200, 600, 0, 0, 0, 0},
-		{2, 2, 128, 64, 64, 16, 1, 2, 1, 0, 0, 2, 150, 900, 0, 0, 0, 0},
-		{4, 1, 64, 128, 128, 4, 0, 0, 0, 1, 0, 3, 100, 800, 0, 0, 0, 0},
-		{8, 2, 128, 128, 64, 32, 1, 0, 0, 1, 0, 2, 90, 1500, 0, 0, 0, 0},
-		{16, 1, 128, 128, 128, 16, 1, 0, 0, 1, 0, 4, 16, 5000, 0, 0, 0, 0},	/* decode, split */
-		{8, 4, 128, 128, 128, 16, 1, 0, 0, 1, 0, 1, 1, 65536, 0, 0, 0, 0},	/* decode 64K */
-		{4, 2, 64, 64, 64, 8, 1, 1, 1, 1, 4, 3, 12, 2000, 0, 0, 0, 0},	/* fp16, forced splits */
-		{16, 1, 128, 128, 128, 8, 1, 0, 2, 0, 0, 2, 150, 500, 0, 0, 0, 0},	/* fp8 */
-		{2, 2, 64, 64, 64, 4, 1, 0, 2, 1, 0, 2, 8, 1500, 0, 0, 0, 0},	/* fp8 paged decode */
-		{4, 2, 64, 64, 64, 4, 1, 0, 0, 0, 0, 8, 3, 40, 0, 0, 0, 0},	/* contexts of one block */
-		{16, 1, 128, 128, 128, 8, 1, 0, 0, 1, 0, 3, 150, 400, 3 << 20, 0, 0, 0},	/* KV-outer in passes */
-		{32, 2, 64, 64, 64, 8, 1, 0, 1, 0, 0, 2, 120, 300, 0, 0, 0, 0},	/* G = 32 */
-		{8, 2, 128, 128, 128, 16, 1, 2, 0, 1, 0, 2, 150, 2000, 0, 0, 0, 0},	/* wgmma index: sinks, KP 13 */
-		{4, 4, 64, 128, 128, 32, 0, 0, 1, 0, 0, 2, 100, 4500, 0, 0, 0, 0},	/* wgmma index: KP 32 */
-		{8, 2, 128, 128, 128, 16, 1, 2, 0, 1, 0, 2, 150, 2000, 0, 2, 0, 0},	/* the same, 2 consumers */
-		{4, 4, 64, 128, 128, 32, 0, 0, 2, 0, 0, 2, 100, 4500, 0, 2, 0, 0},	/* fp8, KP 32, 2 consumers */
-		{16, 1, 128, 128, 128, 16, 1, 0, 0, 1, 0, 3, 8, 3000, 0, 0, 1, 0},	/* decode, causal = false */
+		/* g hkv d  di  bk  k  L S dt pg ns batch maxq extra kvo_ws consumers noncausal iamp min_extra */
+		{16, 1, 128, 128, 128, 4, 1, 0, 0, 0, 0, 2, 200, 500, 0, 0, 0, 0, 0},
+		{1, 4, 64, 64, 64, 8, 1, 0, 0, 0, 0, 3, 200, 600, 0, 0, 0, 0, 0},
+		{2, 2, 128, 64, 64, 16, 1, 2, 1, 0, 0, 2, 150, 900, 0, 0, 0, 0, 0},
+		{4, 1, 64, 128, 128, 4, 0, 0, 0, 1, 0, 3, 100, 800, 0, 0, 0, 0, 0},
+		{8, 2, 128, 128, 64, 32, 1, 0, 0, 1, 0, 2, 90, 1500, 0, 0, 0, 0, 0},
+		{16, 1, 128, 128, 128, 16, 1, 0, 0, 1, 0, 4, 16, 5000, 0, 0, 0, 0, 0},	/* decode, split */
+		{8, 4, 128, 128, 128, 16, 1, 0, 0, 1, 0, 1, 1, 65536, 0, 0, 0, 0, 0},	/* decode 64K */
+		{4, 2, 64, 64, 64, 8, 1, 1, 1, 1, 4, 3, 12, 2000, 0, 0, 0, 0, 0},	/* fp16, forced splits */
+		{16, 1, 128, 128, 128, 8, 1, 0, 2, 0, 0, 2, 150, 500, 0, 0, 0, 0, 0},	/* fp8 */
+		{2, 2, 64, 64, 64, 4, 1, 0, 2, 1, 0, 2, 8, 1500, 0, 0, 0, 0, 0},	/* fp8 paged decode */
+		{4, 2, 64, 64, 64, 4, 1, 0, 0, 0, 0, 8, 3, 40, 0, 0, 0, 0, 0},	/* contexts of one block */
+		{16, 1, 128, 128, 128, 8, 1, 0, 0, 1, 0, 3, 150, 400, 3 << 20, 0, 0, 0, 0},	/* KV-outer in passes */
+		{32, 2, 64, 64, 64, 8, 1, 0, 1, 0, 0, 2, 120, 300, 0, 0, 0, 0, 0},	/* G = 32 */
+		{8, 2, 128, 128, 128, 16, 1, 2, 0, 1, 0, 2, 150, 2000, 0, 0, 0, 0, 0},	/* wgmma index: sinks, KP 13 */
+		{4, 4, 64, 128, 128, 32, 0, 0, 1, 0, 0, 2, 100, 4500, 0, 0, 0, 0, 0},	/* wgmma index: KP 32 */
+		{8, 2, 128, 128, 128, 16, 1, 2, 0, 1, 0, 2, 150, 2000, 0, 2, 0, 0, 0},	/* the same, 2 consumers */
+		{4, 4, 64, 128, 128, 32, 0, 0, 2, 0, 0, 2, 100, 4500, 0, 2, 0, 0, 0},	/* fp8, KP 32, 2 consumers */
+		{16, 1, 128, 128, 128, 16, 1, 0, 0, 1, 0, 3, 8, 3000, 0, 0, 1, 0, 0},	/* decode, causal = false */
 		/* fp8 index values to +-96 (+-64): most (a few) block sums pass 65504, so the
 		 * wgmma index recomputes those blocks in fp32 (prefill, then split decode) */
-		{16, 4, 128, 128, 128, 16, 1, 0, 2, 0, 0, 2, 150, 700, 0, 0, 0, 96},
-		{16, 4, 128, 128, 128, 16, 1, 0, 2, 1, 0, 3, 2, 6000, 0, 0, 0, 64},
+		{16, 4, 128, 128, 128, 16, 1, 0, 2, 0, 0, 2, 150, 700, 0, 0, 0, 96, 0},
+		{16, 4, 128, 128, 128, 16, 1, 0, 2, 1, 0, 3, 2, 6000, 0, 0, 0, 64, 0},
 		/* the warp-specialised KV-outer kernel at head dim 64: 16 (two) queries a tile */
-		{8, 2, 64, 64, 128, 8, 1, 0, 0, 1, 0, 2, 150, 700, 0, 0, 0, 0},
-		{64, 1, 64, 64, 128, 8, 1, 0, 1, 0, 0, 2, 120, 500, 0, 0, 0, 0},
+		{8, 2, 64, 64, 128, 8, 1, 0, 0, 1, 0, 2, 150, 700, 0, 0, 0, 0, 0},
+		{64, 1, 64, 64, 128, 8, 1, 0, 1, 0, 0, 2, 120, 500, 0, 0, 0, 0, 0},
+		/* long decode, several requests of 66K-90K tokens (on sm_90a the
+		 * split index leaves lists that sparse_fwd merges): bf16 with 2
+		 * queries a request, fp8 with 1 */
+		{8, 2, 128, 128, 128, 16, 1, 0, 0, 1, 0, 3, 2, 90000, 0, 0, 0, 0, 66000},
+		{16, 4, 128, 128, 128, 16, 1, 1, 2, 1, 0, 4, 1, 80000, 0, 0, 0, 0, 66000},
 	};
 	gpu_env env;
 	ref_rng rng;

@@ -108,6 +108,17 @@ __device__ __forceinline__ void tile_kv_load(u32 dst, const int *m, const tmap_t
 			tma_load_3d(dst + a * (128 * 128), map, bar, a * 64, m[1], m[4] + m[3] * BK);
 	}
 }
+
+// Scale block b's scores and mask those past the request's end (kend) or
+// past the last key each of the thread's two rows sees (lim).
+__device__ __forceinline__ void block_mask(float (&sc)[16][4], float scale, int b, int kend, const int (&lim)[2],
+					   int lane)
+{
+	scale_mask<128>(sc, scale, lane, [&](int half, int col) {
+		const int jj = b * BK + col;
+		return jj <= lim[half] && jj < kend;
+	});
+}
 #if G >= 8
 // ---------------------------------------------------------------- G >= 8
 #define NTHREADS 384
@@ -278,10 +289,7 @@ msa_sparse_kvo90(KVO90_PARAMS)
 			// (the request's end, a query's own block, an absent query)
 			// pays for the per-score mask.
 			if (!__all_sync(~0u, b * BK + BK <= kend && lim[0] >= b * BK + BK - 1 && lim[1] >= b * BK + BK - 1))
-				scale_mask<128>(sc, 1.f, lane, [&](int half, int col) {
-					const int jj = b * BK + col;
-					return jj <= lim[half] && jj < kend;
-				});
+				block_mask(sc, 1.f, b, kend, lim, lane);
 			row_state st;
 			row_state_init(st);
 			u32 pa[8][4];
@@ -453,10 +461,7 @@ msa_sparse_kvo90(KVO90_PARAMS)
 
 		// One block: one softmax step from an empty state.
 		const int b = m[3], kend = m[5];
-		scale_mask<128>(sc, scale_log2, lane, [&](int half, int col) {
-			const int jj = b * BK + col;
-			return jj <= lim[half] && jj < kend;
-		});
+		block_mask(sc, scale_log2, b, kend, lim, lane);
 		row_state st;
 		row_state_init(st);
 		u32 pa[8][4];

@@ -486,7 +486,7 @@ static void family_launch(const msa_variant *v, int *threads, int *smem)
 	case MSA_K_SPARSE_FWD: {
 		int rw = (l->group + 15) / 16, cw = rw >= 4 ? 1 : 4 / rw, rows = rw * 16;
 		*threads = rw * cw * 32;	/* warps split rows, then tile columns */
-		*smem = (rows + 4 * 64) * l->head_dim * 2 + (1024 + l->topk * (l->block / 64 + 1) + 1) * 4;
+		*smem = (rows + 4 * 64) * l->head_dim * 2 + (1024 + l->topk * (l->block / 64 + 1) + 1 + 4) * 4;
 		return;
 	}
 	case MSA_K_DENSE_FWD90: {	/* 1 KB alignment, Q buffers, stages of K and V, barriers, slots */

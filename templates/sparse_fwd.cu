@@ -50,6 +50,7 @@ struct smem_t {
 	int tile_start[K * SUBS];	// first key of each tile to visit
 	int blk[K];			// the query's selected blocks
 	int ntiles;
+	int req[4];			// split decode: the request, k0, kv_len, p
 };
 #ifdef MSA_SMEM_BYTES
 static_assert(sizeof(smem_t) <= MSA_SMEM_BYTES, "sparse_fwd: generator's shared-memory size is too small");
@@ -118,34 +119,60 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	const int rw = warp % RW, cw = warp / RW;
 	// Q, and in decode after the split index the row's lists (into the V
 	// tiles, which are not loading yet: one round of 16-byte copies through
-	// L2, where the index kernel left them), depend on (t, g) alone: both
-	// are in flight with the request's lengths.
+	// L2, where the index kernel left them), depend on (t, g) alone.  Warp
+	// 0 copies the lists and ranks them while the other warps find the
+	// request, its lengths and its page-table row: the ranking does not need
+	// them, so the two chains of dependent loads run side by side.
 	const size_t qstride = (size_t)MSA_HQ * D * ES;
 	const elem_t *qb = q + (size_t)t * qstride + (size_t)g * MSA_G * D * ES;
 	int2 *cs = reinterpret_cast<int2 *>(sm.v);
-	if (lists) {
+	u64 *buf = reinterpret_cast<u64 *>(sm.k);	// the merge's scratch
+	int *ql = reinterpret_cast<int *>(buf + SPLIT_CAP), *rank = ql + 128;
+	if (lists && warp == 0) {
 		const int2 *src = lists + ((size_t)g * total_q + t) * ksplit * SPLIT_LS;
-		for (int i = threadIdx.x; i < ksplit * SPLIT_LS / 2; i += NTHREADS)
+		for (int i = lane; i < ksplit * SPLIT_LS / 2; i += 32)
 			cp_async16(smem_u32(cs + 2 * i), src + 2 * i, 16);
 	}
+	cp_async_commit();
 	tile_load<ROWS, D, NTHREADS, MSA_DT_Q>(sm.q, q, [&](int row) {
 		return row < MSA_G ? qb + (size_t)row * D * ES : nullptr;
 	});
 	cp_async_commit();
-	const int r = find_request_warp(cu_q, batch, t);
-	const int q_len = cu_q[r + 1] - cu_q[r], k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
-	// the last key this query sees (dense == 2: non-causal, every key)
-	const int p = dense == 2 ? kv_len - 1 : kv_len - q_len + (t - cu_q[r]);
+	int r = 0, k0 = 0, kv_len = 0, p = 0;
+	if (lists && warp == 0) {
+		cp_async_wait<1>();	// the lists (Q may still be coming)
+		__syncwarp();
+		split_rank_row([&](size_t e) { return cs[e]; }, ksplit, buf, ql, rank, lane);
+	} else {
+		r = find_request_warp(cu_q, batch, t);
+		const int q_len = cu_q[r + 1] - cu_q[r];
+		k0 = cu_kv[r], kv_len = cu_kv[r + 1] - k0;
+		// the last key this query sees (dense == 2: non-causal, every key)
+		p = dense == 2 ? kv_len - 1 : kv_len - q_len + (t - cu_q[r]);
+		if (lists && threadIdx.x == 32)
+			sm.req[0] = r, sm.req[1] = k0, sm.req[2] = kv_len, sm.req[3] = p;
+	}
 	// A paged request's page-table row (up to PTC pages) comes into shared
 	// memory behind them, while the blocks are chosen, so no tile waits on
 	// a page-table read.
-	const int *pt = page_table ? page_table + (size_t)r * pt_stride : nullptr;
-	if (pt && pt_stride <= PTC) {
-		for (int i = threadIdx.x; i < min(pt_stride, (kv_len + BK - 1) / BK); i += NTHREADS)
-			cp_async4(smem_u32(sm.pt + i), pt + i);
-		pt = sm.pt;
+	const int pt_lo = lists ? 32 : 0;	// the threads that know the request
+	if (page_table && pt_stride <= PTC && (int)threadIdx.x >= pt_lo) {
+		const int *row = page_table + (size_t)r * pt_stride;
+		for (int i = threadIdx.x - pt_lo; i < min(pt_stride, (kv_len + BK - 1) / BK); i += NTHREADS - pt_lo)
+			cp_async4(smem_u32(sm.pt + i), row + i);
 	}
 	cp_async_commit();
+	if (lists) {
+		__syncthreads();	// the ranks and the request
+		r = sm.req[0], k0 = sm.req[1], kv_len = sm.req[2], p = sm.req[3];
+		if (warp == 0)
+			write_row_ids(sm.blk, topk_visible_blocks(p), [&](int j) { return rank[j]; }, lane, 32);
+	} else {
+		const int *sel = ids + ((size_t)g * total_q + t) * K;
+		for (int s = threadIdx.x; s < K && !dense; s += NTHREADS)
+			sm.blk[s] = sel[s];
+	}
+	const int *pt = !page_table ? nullptr : pt_stride <= PTC ? sm.pt : page_table + (size_t)r * pt_stride;
 	// The tiles of the selected blocks: valid, visible, not already chosen
 	// by an earlier slot (a repeated block counts once).  Warp 0 takes a
 	// slot per lane and places its tiles by a prefix sum.  With nsplit > 1
@@ -153,21 +180,6 @@ msa_sparse_fwd(const elem_t *__restrict__ q, const elem_t *__restrict__ k,
 	// slots, so a decode query can spread over up to k x Bk / 64 CTAs.
 	// Dense attention (dense = 1 or 2, decode) takes every tile up to p
 	// instead, in order, with no list.
-	if (lists) {
-		// the lists are in (the page-table row may still be coming); the K
-		// tiles hold the merge's scratch
-		cp_async_wait<1>();
-		__syncthreads();
-		u64 *buf = reinterpret_cast<u64 *>(sm.k);
-		int *ql = reinterpret_cast<int *>(buf + SPLIT_CAP), *rank = ql + 128;
-		if (warp == 0)
-			split_merge_row([&](size_t e) { return cs[e]; }, ksplit, topk_visible_blocks(p), sm.blk, buf, ql,
-					rank, lane);
-	} else {
-		const int *sel = ids + ((size_t)g * total_q + t) * K;
-		for (int s = threadIdx.x; s < K && !dense; s += NTHREADS)
-			sm.blk[s] = sel[s];
-	}
 	__syncthreads();
 	if (lists && split == 0)
 		for (int s = threadIdx.x; s < K; s += NTHREADS)

@@ -110,11 +110,14 @@ __device__ __forceinline__ u64 split_pack(int key, int id)
 // buf (<= SPLIT_CAP) and are ranked.  ql: 128 list ids.  ld(i) reads
 // entry i of c (list l's entry x at l * SPLIT_LS + x), from global memory
 // through L2 or from a copy in shared memory.
+// split_rank_row does all but the write: rank[0..KP-1] gets the merged
+// list's ids (as many as the lists hold).  It does not need n, so a caller
+// may rank before it knows the row's request; split_merge_row adds the
+// write of dst.
 template <typename Ld>
-__device__ __forceinline__ void split_merge_row(Ld ld, int ksplit, int n, int *dst, u64 *buf, int *ql, int *rank,
-						int lane)
+__device__ __forceinline__ void split_rank_row(Ld ld, int ksplit, u64 *buf, int *ql, int *rank, int lane)
 {
-	if (n > MSA_TOPK && MSA_KP > 0) {
+	if (MSA_KP > 0) {
 		u64 h[SPLIT_HL], lb = 0;
 #pragma unroll
 		for (int j = 0; j < SPLIT_HL; j++) {
@@ -172,5 +175,13 @@ __device__ __forceinline__ void split_merge_row(Ld ld, int ksplit, int n, int *d
 		}
 		__syncwarp();
 	}
+}
+
+template <typename Ld>
+__device__ __forceinline__ void split_merge_row(Ld ld, int ksplit, int n, int *dst, u64 *buf, int *ql, int *rank,
+						int lane)
+{
+	if (n > MSA_TOPK)
+		split_rank_row(ld, ksplit, buf, ql, rank, lane);
 	write_row_ids(dst, n, [&](int j) { return rank[j]; }, lane, 32);
 }

@@ -12,8 +12,9 @@
 //
 // Decode after the split index (lists != null): the index kernel's ksplit
 // CTAs of a row left their top-KP lists in split_ws and ended without
-// merging them; every CTA of the row copies them into shared memory and
-// its warp 0 merges them (split_merge_row), and split 0 writes the ids.
+// merging them; in every CTA of the row, warp 0 copies them into shared
+// memory and ranks them (split_rank_row) while the other warps find the
+// request, then writes the row's ids (split 0 also to memory).
 #include "attn.cuh"
 #include "topk.cuh"
 

@@ -12,10 +12,15 @@ cells: 8192 pages of 32 KB (bf16 index keys, 1M tokens), 8192 of 16 KB
 (fp8 index keys, 8 x 128K tokens) and 1 GiB of 32 KB pages.
 """
 import argparse
+import os
+import sys
 
 import torch
 import triton
 import triton.language as tl
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import median_ms  # noqa: E402
 
 
 @triton.jit
@@ -26,20 +31,6 @@ def page_read(src, table, out, PAGE: tl.constexpr, SUB: tl.constexpr):
     for i in tl.static_range(0, PAGE, SUB):
         acc += tl.load(base + i + tl.arange(0, SUB))
     tl.store(out + pid, tl.sum(acc))
-
-
-def median_ms(fn, warm=100, reps=15):
-    for _ in range(warm):
-        fn()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b))
-    return sorted(ts)[reps // 2]
 
 
 def main():
@@ -60,13 +51,14 @@ def main():
             for sub, nw in ((1024, 4), (2048, 8), (4096, 8)):
                 if sub > words:
                     continue
-                ms = median_ms(lambda: page_read[(pages,)](src, table, out, PAGE=words, SUB=sub, num_warps=nw))
+                ms = median_ms(lambda: page_read[(pages,)](src, table, out, PAGE=words, SUB=sub, num_warps=nw),
+                               warmup=100, reps=15)
                 print(f"{what}, {order}, {sub} words x {nw} warps a step: {ms * 1e3:.1f} us, "
                       f"{nbytes / ms / 1e9:.2f} TB/s", flush=True)
-        ms = median_ms(lambda: torch.amax(src))
+        ms = median_ms(lambda: torch.amax(src), warmup=100, reps=15)
         print(f"{what}: torch.amax {ms * 1e3:.1f} us, {nbytes / ms / 1e9:.2f} TB/s")
         dst = torch.empty_like(src)
-        ms = median_ms(lambda: dst.copy_(src))
+        ms = median_ms(lambda: dst.copy_(src), warmup=100, reps=15)
         print(f"{what}: copy {ms * 1e3:.1f} us, {2 * nbytes / ms / 1e9:.2f} TB/s (read + write)", flush=True)
 
 

@@ -133,6 +133,14 @@ def sdpa(backend, q, k, v, causal=True):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
 
 
+def sdpa_layout(q, k, v):
+    """[S, H, D] q and [S, Hkv, D] k, v as SDPA's [1, H, S, D], the kv heads
+    repeated for GQA so that every backend takes them."""
+    rep = q.shape[1] // k.shape[1]
+    return (q.transpose(0, 1).unsqueeze(0), k.repeat_interleave(rep, dim=1).transpose(0, 1).unsqueeze(0),
+            v.repeat_interleave(rep, dim=1).transpose(0, 1).unsqueeze(0))
+
+
 def bench_dense(tab, layer, n, results, causal=True):
     """msagen dense against torch SDPA's cuDNN and flash backends on one
     request of n tokens; gives cuDNN's time (causal: the MSA baseline)."""
@@ -142,10 +150,7 @@ def bench_dense(tab, layer, n, results, causal=True):
     out = torch.empty_like(q)
     lse = torch.empty(n, hq, device="cuda", dtype=torch.float32)
     flops = 4 * d * hq * (causal_pairs(n, n) if causal else n * n)
-    # SDPA wants [B, H, S, D]; GQA expanded so every backend takes it.
-    qt = q.transpose(0, 1).unsqueeze(0)
-    kt = k.repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
-    vt = v.repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
+    qt, kt, vt = sdpa_layout(q, k, v)
     fns = {"msagen": lambda: plan.run(q, k, v, out=out, lse=lse)}
     for be in ("cudnn", "flash"):
         fn = (lambda b: lambda: sdpa(b, qt, kt, vt, causal))(be)
@@ -226,9 +231,7 @@ def bench_msa(tab, layer, n, results, dense_ms):
         # The same, in turns with cuDNN dense causal on this layer's heads:
         # the two run in one thermal state (the row above follows seconds
         # of other work, the dense row came earlier).
-        qt = x["q"].transpose(0, 1).unsqueeze(0)
-        kt = x["k"].repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
-        vt = x["v"].repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
+        qt, kt, vt = sdpa_layout(x["q"], x["k"], x["v"])
         got = interleaved_ms({"msa": lambda: plan.attention(x["qi"], x["ki"], x["q"], x["k"], x["v"], out=out,
                                                             lse=lse),
                               "cudnn": lambda: sdpa("cudnn", qt, kt, vt, True)}, rounds=3 if n > 32768 else 5)

@@ -11,7 +11,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from compare import SPEC, interleaved_ms, rand, sdpa  # noqa: E402  (puts python/ on the path)
+from compare import SPEC, interleaved_ms, rand, sdpa, sdpa_layout  # noqa: E402  (puts python/ on the path)
 
 import torch  # noqa: E402
 
@@ -32,9 +32,7 @@ def main():
         plan = layer.dense_plan([0, n], [0, n], a.causal)
         out = torch.empty_like(q)
         lse = torch.empty(n, hq, device="cuda", dtype=torch.float32)
-        qt = q.transpose(0, 1).unsqueeze(0)
-        kt = k.repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
-        vt = v.repeat_interleave(hq // hkv, dim=1).transpose(0, 1).unsqueeze(0)
+        qt, kt, vt = sdpa_layout(q, k, v)
 
         def run(tail):
             if tail:

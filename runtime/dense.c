@@ -243,14 +243,15 @@ size_t msa_dense_tail_bytes(const msa_layer *l, int sms)
 static void dense_tail(const msa_dense_args *a, long items, int *nfull, int *tsplit)
 {
 	const char *env = getenv("MSAGEN_DENSE_TAIL");
+	const long forced = env ? atol(env) : 0;
 	const int sms = a->mod->sms;
 	long r = items % sms, ktiles = ((long)a->total_kv + 127) / 128;
 	*nfull = (int)items;
 	*tsplit = 1;
 	if (a->causal || !a->tail || !a->kcomb || sms <= 0 || (env && !strcmp(env, "off")))
 		return;
-	if (env && atol(env) > 0)
-		r = atol(env) < items ? atol(env) : items;
+	if (forced > 0)
+		r = forced < items ? forced : items;
 	else if (ktiles < 8L * a->batch || items >= 64L * sms)
 		return;
 	long s = r ? sms / r : 0;
